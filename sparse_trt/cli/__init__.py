@@ -1,0 +1,1 @@
+"""The Typer command-line app (``sparse-trt``). The only layer that prints or exits."""

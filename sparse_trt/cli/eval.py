@@ -1,0 +1,49 @@
+"""``sparse-trt eval``: perplexity of a dense or pruned model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from sparse_trt.core.device import resolve_device, resolve_dtype
+from sparse_trt.data.text import parse_source
+from sparse_trt.eval.api import run_eval
+
+from .common import console, handle_errors, out, progress_bar, setup_logging
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("eval")
+    @handle_errors
+    def eval_cmd(
+        model: str = typer.Argument(..., help="Model folder (dense or pruned), hub id, .gguf file, or 'smollm2'."),
+        data: str = typer.Option("wiki", "--data", help="'wiki' (held-out part of the built-in corpus), FILE.txt or FILE.jsonl."),
+        seqlen: int = typer.Option(2048, "--seqlen", help="Tokens per window (non-overlapping)."),
+        max_windows: int | None = typer.Option(None, "--max-windows", help="Evaluate at most this many windows."),
+        device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N."),
+        dtype: str = typer.Option("auto", "--dtype", help="auto, float32, float16, bfloat16."),
+        json_path: Path | None = typer.Option(None, "--json", help="Also write the result as JSON here."),
+        record: bool = typer.Option(True, "--record/--no-record", help="Store the result in the folder's sparsity.json (if any)."),
+        trust_remote_code: bool = typer.Option(False, "--trust-remote-code"),
+        verbose: bool = typer.Option(False, "--verbose", "-v"),
+    ) -> None:
+        """Perplexity over non-overlapping windows, with BOS handled per model family."""
+        setup_logging(verbose)
+        src = parse_source(data)
+        with progress_bar("perplexity windows") as (prog, task):
+            res = run_eval(
+                model, src, seqlen, max_windows, resolve_device(device), resolve_dtype(dtype), record,
+                progress=lambda i, n: prog.update(task, completed=i, total=n), trust_remote_code=trust_remote_code,
+            )
+        t = Table(title="perplexity")
+        for c in ("model", "data", "seqlen", "windows", "tokens", "BOS", "perplexity"):
+            t.add_column(c)
+        t.add_row(res.model, res.data, str(res.seqlen), str(res.windows), str(res.tokens), "yes" if res.bos else "no", f"{res.perplexity:.3f}")
+        out.print(t)
+        if json_path is not None:
+            json_path.parent.mkdir(parents=True, exist_ok=True)
+            json_path.write_text(json.dumps(res.to_dict(), indent=2) + "\n")
+            console.print(f"wrote {json_path}")

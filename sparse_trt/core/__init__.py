@@ -1,0 +1,1 @@
+"""Shared foundations: errors, sparsity patterns, atomic output directories, manifests, optional deps."""

@@ -1,0 +1,1 @@
+"""Calibration and evaluation text sources, and seeded token-window sampling."""

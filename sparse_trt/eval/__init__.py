@@ -1,0 +1,1 @@
+"""Quality evaluation: perplexity on held-out text."""

@@ -1,0 +1,66 @@
+"""The eval job: load a model (dense or pruned), compute perplexity, record it in the manifest."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from sparse_trt.core.atomic import atomic_write_text
+from sparse_trt.core.errors import InputError
+from sparse_trt.core.manifest import MANIFEST_NAME
+from sparse_trt.data.text import TextSource
+from sparse_trt.data.windows import eval_windows, tokenizer_adds_bos
+from sparse_trt.models.loading import LoadedModel, load_model
+
+from .perplexity import PerplexityResult, perplexity, to_result
+
+
+def evaluate_loaded(
+    loaded: LoadedModel,
+    name: str,
+    data: TextSource,
+    seqlen: int,
+    max_windows: int | None,
+    device: torch.device,
+    progress: Callable[[int, int], None] | None = None,
+) -> PerplexityResult:
+    limit = loaded.adapter.max_context(loaded.model.config)
+    if limit is not None and seqlen > limit:
+        raise InputError(f"--seqlen {seqlen} exceeds the model's context of {limit} tokens", fix=f"use --seqlen {limit} or less")
+    bos = loaded.adapter.needs_bos or tokenizer_adds_bos(loaded.tokenizer)
+    windows = eval_windows(loaded.tokenizer, data, seqlen, max_windows, bos)
+    loaded.model.to(device)
+    nll, tokens = perplexity(loaded.model, windows, device, progress=progress)
+    return to_result(name, data.name, windows, nll, tokens, bos)
+
+
+def run_eval(
+    model: str,
+    data: TextSource,
+    seqlen: int,
+    max_windows: int | None,
+    device: torch.device,
+    dtype: torch.dtype | None = None,
+    record: bool = True,
+    progress: Callable[[int, int], None] | None = None,
+    trust_remote_code: bool = False,
+) -> PerplexityResult:
+    loaded = load_model(model, dtype=dtype, trust_remote_code=trust_remote_code)
+    result = evaluate_loaded(loaded, model, data, seqlen, max_windows, device, progress)
+    if record:
+        record_quality(Path(model), result)
+    return result
+
+
+def record_quality(directory: Path, result: PerplexityResult, key: str = "perplexity") -> bool:
+    """Store the result under ``quality[key]`` of the directory's manifest, if it has one."""
+    p = Path(directory) / MANIFEST_NAME
+    if not p.is_file():
+        return False
+    d = json.loads(p.read_text(encoding="utf-8"))
+    d.setdefault("quality", {})[key] = result.to_dict()
+    atomic_write_text(p, json.dumps(d, indent=2) + "\n")
+    return True

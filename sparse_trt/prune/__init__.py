@@ -1,0 +1,1 @@
+"""Pruning: pure tensor algorithms (masks, magnitude, wanda, sparsegpt) and the layer walker."""

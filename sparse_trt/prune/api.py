@@ -1,0 +1,194 @@
+"""The prune job: load -> calibrate -> walk layers -> write OUT (HF checkpoint + sparsity.json) atomically."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+import sparse_trt
+from sparse_trt.core.atomic import atomic_output_dir, check_output_dir
+from sparse_trt.core.device import available_memory_bytes, dtype_name
+from sparse_trt.core.errors import InputError, InterruptedRun
+from sparse_trt.core.manifest import CalibrationSpec, Manifest
+from sparse_trt.core.patterns import Pattern, check_divisible
+from sparse_trt.data.text import TextSource
+from sparse_trt.data.windows import calibration_windows, tokenizer_adds_bos
+from sparse_trt.models.adapters import all_targets
+from sparse_trt.models.loading import LoadedModel, load_model
+
+from .methods import get_method, parse_options
+from .resume import DirCheckpointer
+from .sequential import ProgressFn, WalkConfig, auto_chunk_samples, prune_model
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PruneRequest:
+    model: str
+    out: Path
+    method: str = "sparsegpt"
+    pattern: Pattern | None = None
+    calib: TextSource = TextSource("wiki")
+    nsamples: int = 128
+    seqlen: int = 2048
+    seed: int = 0
+    device: torch.device = torch.device("cpu")
+    dtype: torch.dtype | None = None
+    exclude: tuple[str, ...] = ()
+    options: Mapping[str, str] = field(default_factory=dict)
+    layer_patterns: Mapping[str, Pattern | None] = field(default_factory=dict)
+    plan_source: str | None = None
+    resume: bool = False
+    overwrite: bool = False
+    trust_remote_code: bool = False
+    chunk_samples: int | None = None
+
+
+@dataclass
+class PruneOutcome:
+    out: Path
+    manifest: Manifest
+    resumed_layers: int
+
+
+def seqlen_limit(loaded: LoadedModel) -> int | None:
+    return loaded.adapter.max_context(loaded.model.config)
+
+
+def add_bos_for(loaded: LoadedModel) -> bool:
+    return loaded.adapter.needs_bos or tokenizer_adds_bos(loaded.tokenizer)
+
+
+def run_prune(req: PruneRequest, progress: ProgressFn | None = None, on_stage=None) -> PruneOutcome:
+    """Run the whole prune job. ``on_stage(str)`` is told about each stage (for the CLI's status line)."""
+    stage = on_stage or (lambda _s: None)
+    if req.pattern is None:
+        raise InputError("no sparsity pattern given", fix="pass --pattern 2:4 (or N:M, or a fraction)")
+    check_output_dir(req.out, req.overwrite)
+    if req.nsamples < 1:
+        raise InputError(f"--nsamples {req.nsamples} must be at least 1", fix="e.g. --nsamples 128")
+    method = get_method(req.method)
+    options = parse_options(method, req.options)
+    t_start = time.perf_counter()
+
+    stage(f"loading {req.model}")
+    loaded = load_model(req.model, dtype=req.dtype, trust_remote_code=req.trust_remote_code)
+    model, adapter = loaded.model, loaded.adapter
+    limit = seqlen_limit(loaded)
+    if limit is not None and req.seqlen > limit:
+        raise InputError(
+            f"--seqlen {req.seqlen} exceeds the model's context of {limit} tokens", fix=f"use --seqlen {limit} or less"
+        )
+
+    targets = all_targets(model, adapter, req.exclude)
+    if not targets:
+        raise InputError("every prunable linear is excluded", fix="loosen --exclude")
+    names = {t.name for t in targets}
+    unknown = sorted(set(req.layer_patterns) - {t.name for t in all_targets(model, adapter)})
+    if unknown:
+        raise InputError(
+            f"plan {req.plan_source or ''} names linears this model does not have: {unknown[:5]}",
+            fix="make the plan for this model with `sparse-trt plan`",
+        )
+    for t in targets:
+        p = req.layer_patterns.get(t.name, req.pattern)
+        if p is not None:
+            check_divisible(t.name, t.in_features, p)
+    excluded = sorted(t.name for t in all_targets(model, adapter) if t.name not in names)
+
+    stage(f"tokenising calibration text ({req.calib.name})")
+    calib = calibration_windows(loaded.tokenizer, req.calib, req.nsamples, req.seqlen, req.seed, add_bos_for(loaded))
+
+    dtype = next(model.parameters()).dtype
+    layer0 = adapter.layers(model)[0]
+    layer_bytes = sum(p.numel() * p.element_size() for p in layer0.parameters())
+    chunk = req.chunk_samples or auto_chunk_samples(
+        model.config, req.nsamples, req.seqlen, torch.finfo(dtype).bits // 8, available_memory_bytes(req.device), layer_bytes
+    )
+    act_bytes = req.nsamples * req.seqlen * int(getattr(model.config, "hidden_size", 0) or 0) * (torch.finfo(dtype).bits // 8)
+    store = req.device
+    if req.device.type == "cuda" and 4 * act_bytes > available_memory_bytes(req.device):
+        store = torch.device("cpu")
+    cfg = WalkConfig(
+        method=method,
+        options=options,
+        pattern=req.pattern,
+        device=req.device,
+        store_device=store,
+        chunk_samples=chunk,
+        exclude=req.exclude,
+        layer_patterns=dict(req.layer_patterns),
+    )
+    fingerprint = {
+        "model": req.model,
+        "method": req.method,
+        "options": dict(sorted(req.options.items())),
+        "pattern": str(req.pattern),
+        "calib": req.calib.name,
+        "nsamples": req.nsamples,
+        "seqlen": req.seqlen,
+        "seed": req.seed,
+        "dtype": dtype_name(dtype),
+        "exclude": list(req.exclude),
+        "layer_patterns": {k: (None if v is None else str(v)) for k, v in sorted(req.layer_patterns.items())},
+        "chunk_samples": chunk,
+        "device_type": req.device.type,
+    }
+    ck = DirCheckpointer.open(req.out, fingerprint, req.resume, req.overwrite)
+    resumed = ck.done
+    stage("pruning")
+    torch.manual_seed(req.seed)
+    try:
+        t_walk = time.perf_counter()
+        records = prune_model(model, adapter, calib, cfg, ck, progress)
+        walk_s = time.perf_counter() - t_walk
+    except KeyboardInterrupt:
+        raise InterruptedRun(
+            f"interrupted after {ck.done} finished decoder layer(s); progress kept in '{ck.root}'",
+            fix="re-run the same command with --resume to continue",
+        ) from None
+
+    manifest = Manifest(
+        tool="sparse_trt",
+        version=sparse_trt.__version__,
+        method=req.method,
+        method_options={k: getattr(options, k) for k in getattr(options, "__dataclass_fields__", {})},
+        pattern=str(req.pattern),
+        model={
+            "source": req.model,
+            "model_type": model.config.model_type,
+            "architecture": (getattr(model.config, "architectures", None) or [type(model).__name__])[0],
+            "family": adapter.family,
+            "num_layers": len(adapter.layers(model)),
+            "plan": req.plan_source,
+        },
+        calibration=CalibrationSpec(req.calib.name, req.nsamples, req.seqlen, req.seed),
+        layers=tuple(records),
+        excluded=tuple(excluded),
+        timings={
+            "total_s": round(time.perf_counter() - t_start, 3),
+            "prune_s": round(walk_s, 3),
+            "resumed_layers": resumed,
+            "chunk_samples": chunk,
+        },
+        device=str(req.device),
+        dtype=dtype_name(dtype),
+        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    )
+    stage(f"writing {req.out}")
+    if getattr(model.config, "architectures", None) is None:
+        model.config.architectures = [type(model).__name__]
+    with atomic_output_dir(req.out, overwrite=req.overwrite) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        if loaded.tokenizer is not None:
+            loaded.tokenizer.save_pretrained(tmp)
+        manifest.save(tmp)
+    ck.discard()
+    return PruneOutcome(Path(req.out), manifest, resumed)

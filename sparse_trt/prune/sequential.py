@@ -1,0 +1,447 @@
+"""The layer walker: prune a causal LM one decoder layer at a time.
+
+1. Capture the first decoder layer's inputs for every calibration window, and every keyword
+   each layer receives (attention masks, position ids, rotary embeddings, ...), recorded per
+   layer because some families (Gemma 3, Qwen) alternate sliding and global attention.
+2. Per layer, on the compute device: forward pre-hooks on the target linears gather input
+   statistics. When the whole calibration batch fits in one forward call the hook prunes the
+   linear at once and lets the forward continue with the pruned weight: one pass per layer, and
+   every linear is calibrated on the outputs of the already pruned linears before it (SparseGPT's
+   "true sequential" order). Otherwise the same order is kept with chunked passes, one per group
+   of linears that share an input (stopped early once the group is reached), plus one output pass.
+3. The layer's outputs, computed with pruned weights, become the next layer's inputs.
+
+Only the current layer lives on the compute device; activations live on ``store_device``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from sparse_trt.core.errors import InputError, NumericalError
+from sparse_trt.core.patterns import Pattern, check_divisible
+from sparse_trt.core.manifest import LayerRecord
+from sparse_trt.models.adapters import Adapter, Target, layer_targets
+
+from .methods import MethodSpec
+from .stats import InputStats, StatsAccumulator, relative_error
+
+
+class _Stop(Exception):
+    """Raised inside a forward to stop it once the needed inputs were seen."""
+
+
+@dataclass(frozen=True)
+class WalkConfig:
+    method: MethodSpec
+    options: Any
+    pattern: Pattern
+    device: torch.device
+    store_device: torch.device
+    chunk_samples: int
+    exclude: tuple[str, ...] = ()
+    # name -> pattern (None: keep dense). Names absent from the map use ``pattern``.
+    layer_patterns: Mapping[str, Pattern | None] = field(default_factory=dict)
+    sample_rows: int = 2048
+
+
+@dataclass
+class LayerInputs:
+    """Captured calling convention of each decoder layer (batch-1 kwargs, expanded per chunk)."""
+
+    kwargs: list[dict[str, Any]]  # one per layer
+    tuple_output: bool  # the layer returns a tuple whose first item is the hidden state
+
+
+ProgressFn = Callable[[int, int, float], None]  # (layer index, layer count, seconds) after each layer
+
+
+# ---------------------------------------------------------------------------- small helpers
+
+
+def _parent_and_attr(model: nn.Module, path: str) -> tuple[nn.Module, str]:
+    *parents, attr = path.split(".")
+    obj = model
+    for p in parents:
+        obj = getattr(obj, p)
+    return obj, attr
+
+
+def move_except_layers(model: nn.Module, adapter: Adapter, device: torch.device) -> None:
+    """Move embeddings, rotary tables, final norm, head... to ``device``; decoder layers stay put."""
+    parent, attr = _parent_and_attr(model, adapter.layers_path)
+    layers = getattr(parent, attr)
+    setattr(parent, attr, nn.ModuleList())
+    try:
+        model.to(device)
+    finally:
+        setattr(parent, attr, layers)
+
+
+def _map_tensors(obj: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return fn(obj)
+    if isinstance(obj, tuple):
+        return tuple(_map_tensors(o, fn) for o in obj)
+    if isinstance(obj, list):
+        return [_map_tensors(o, fn) for o in obj]
+    if isinstance(obj, dict):
+        return {k: _map_tensors(v, fn) for k, v in obj.items()}
+    return obj
+
+
+def _expand_batch(kwargs: dict[str, Any], batch: int, device: torch.device) -> dict[str, Any]:
+    def fn(t: torch.Tensor) -> torch.Tensor:
+        t = t.to(device)
+        if batch > 1 and t.dim() >= 2 and t.shape[0] == 1:
+            return t.expand(batch, *t.shape[1:])
+        return t
+
+    return _map_tensors(kwargs, fn)
+
+
+def _hidden_of(args: tuple, kwargs: dict) -> torch.Tensor:
+    return args[0] if args else kwargs["hidden_states"]
+
+
+def _first(out: Any) -> torch.Tensor:
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+# ---------------------------------------------------------------------------- capture
+
+
+def capture_inputs(
+    model: nn.Module,
+    adapter: Adapter,
+    calib: torch.Tensor,
+    device: torch.device,
+    store_device: torch.device,
+    chunk_samples: int,
+) -> tuple[torch.Tensor, LayerInputs]:
+    """Return the first layer's inputs ``[nsamples, seqlen, hidden]`` and each layer's kwargs.
+
+    Non-layer modules must already be on ``device``; decoder layers stay where they are.
+    """
+    layers = adapter.layers(model)
+    home = next(layers[0].parameters()).device
+    captured: dict[str, Any] = {}
+
+    def grab(_mod, args, kwargs):
+        captured["hidden"] = _hidden_of(args, kwargs)
+        captured["kwargs"] = {k: v for k, v in kwargs.items() if k != "hidden_states"}
+        raise _Stop
+
+    def embed(ids: torch.Tensor) -> torch.Tensor:
+        try:
+            model(input_ids=ids.to(device), use_cache=False)
+        except _Stop:
+            pass
+        return captured["hidden"]
+
+    handle = layers[0].register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        h1 = embed(calib[:1])
+        kw1 = captured["kwargs"]
+        chunks = [embed(calib[s : s + chunk_samples]).detach().to(store_device) for s in range(0, calib.shape[0], chunk_samples)]
+    finally:
+        handle.remove()
+    inps = torch.cat(chunks) if len(chunks) > 1 else chunks[0]
+    _check_finite(inps, "the embeddings' output (layer 0 input)")
+
+    # Learn the layers' output convention from a real one-sample call of layer 0.
+    layers[0].to(device)
+    out0 = layers[0](h1, **kw1)
+    layers[0].to(home)
+    tuple_output = isinstance(out0, (tuple, list))
+    n_out = len(out0) if tuple_output else 1
+
+    # Record every layer's kwargs from one batch-1 pass in which the layers are identities.
+    per_layer: list[dict[str, Any]] = [{} for _ in layers]
+
+    def make_recorder(i: int):
+        def recorder(*args, **kwargs):
+            h = _hidden_of(args, kwargs)
+            per_layer[i] = {k: v for k, v in kwargs.items() if k != "hidden_states"}
+            if i == len(layers) - 1:
+                raise _Stop
+            return (h,) + (None,) * (n_out - 1) if tuple_output else h
+
+        return recorder
+
+    for i, layer in enumerate(layers):
+        layer.forward = make_recorder(i)
+    try:
+        model(input_ids=calib[:1].to(device), use_cache=False)
+    except _Stop:
+        pass
+    finally:
+        for layer in layers:
+            del layer.forward
+    return inps, LayerInputs(per_layer, tuple_output)
+
+
+def _check_finite(t: torch.Tensor, what: str) -> None:
+    if not torch.isfinite(t).all():
+        raise NumericalError(
+            f"NaN/Inf found in {what}",
+            fix="check the checkpoint's weights, or use --dtype float32 / bfloat16 if float16 overflows",
+        )
+
+
+# ---------------------------------------------------------------------------- pruning one layer
+
+
+def _run_layer(layer: nn.Module, inps: torch.Tensor, kwargs: dict, conv: LayerInputs, device, chunk: int, out: torch.Tensor | None):
+    """Forward all samples through ``layer`` in chunks; returns outputs on ``inps``' device."""
+    outs = out if out is not None else torch.empty_like(inps)
+    for start in range(0, inps.shape[0], chunk):
+        x = inps[start : start + chunk].to(device)
+        y = _first(layer(x, **_expand_batch(kwargs, x.shape[0], device)))
+        outs[start : start + chunk] = y.to(outs.device)
+    return outs
+
+
+def _discover_groups(layer: nn.Module, targets: list[Target], inps, kwargs, device) -> list[list[Target]]:
+    """Groups of targets that receive the same input tensor, in execution order (one-sample probe)."""
+    calls: list[tuple[Target, int]] = []
+    handles = []
+    for t in targets:
+        def hook(_m, args, t=t):
+            calls.append((t, args[0].data_ptr()))
+        handles.append(t.module.register_forward_pre_hook(hook))
+    try:
+        with torch.no_grad():
+            layer(inps[:1].to(device), **_expand_batch(kwargs, 1, device))
+    finally:
+        for h in handles:
+            h.remove()
+    seen: set[str] = set()
+    groups: list[list[Target]] = []
+    last_ptr = None
+    for t, ptr in calls:
+        if t.name in seen:
+            continue
+        seen.add(t.name)
+        if groups and ptr == last_ptr:
+            groups[-1].append(t)
+        else:
+            groups.append([t])
+        last_ptr = ptr
+    missing = [t.name for t in targets if t.name not in seen]
+    if missing:
+        raise InputError(
+            f"linear(s) {missing} received no input during a forward pass, so they cannot be calibrated",
+            fix="exclude them with --exclude",
+        )
+    return groups
+
+
+class _LayerPruner:
+    """Applies the method to groups of targets and produces manifest records."""
+
+    def __init__(self, cfg: WalkConfig, total_rows: int):
+        self.cfg = cfg
+        self.total_rows = total_rows
+        self.records: dict[str, LayerRecord] = {}
+
+    def pattern_of(self, t: Target) -> Pattern | None:
+        return self.cfg.layer_patterns.get(t.name, self.cfg.pattern)
+
+    def accumulator(self, in_features: int, device) -> StatsAccumulator:
+        m = self.cfg.method
+        return StatsAccumulator(
+            in_features, norms=m.needs_norms, hessian=True if m.needs_hessian else False,
+            sample_rows=0 if m.needs_hessian else self.cfg.sample_rows, device=device,
+        )
+
+    def prune_group(self, group: list[Target], stats: InputStats) -> None:
+        by_pattern: dict[str, tuple[Pattern | None, list[Target]]] = {}
+        for t in group:
+            p = self.pattern_of(t)
+            by_pattern.setdefault(str(p), (p, []))[1].append(t)
+        for pattern, members in by_pattern.values():
+            t0 = time.perf_counter()
+            if pattern is None:
+                for t in members:
+                    w = t.weight_out_in()
+                    self.records[t.name] = LayerRecord(
+                        t.name, tuple(t.module.weight.shape), t.in_dim, None,
+                        float((w == 0).float().mean()), 0.0, None, 0, 0.0,
+                    )
+                continue
+            dense = [t.weight_out_in().clone() for t in members]
+            for t, w in zip(members, dense):
+                if not torch.isfinite(w).all():
+                    raise NumericalError(f"NaN/Inf in the weight of '{t.name}'", fix="check the checkpoint")
+            if self.cfg.method.fuse_shared_input and len(members) > 1:
+                res = self.cfg.method.fn(torch.cat(dense), stats, pattern, self.cfg.options)
+                sizes = [w.shape[0] for w in dense]
+                new_ws = list(torch.split(res.weight, sizes))
+                infos = [res.info] * len(members)
+            else:
+                new_ws, infos = [], []
+                for w in dense:
+                    res = self.cfg.method.fn(w, stats, pattern, self.cfg.options)
+                    new_ws.append(res.weight)
+                    infos.append(res.info)
+            secs = (time.perf_counter() - t0) / len(members)
+            for t, w_old, w_new, info in zip(members, dense, new_ws, infos):
+                if not torch.isfinite(w_new).all():
+                    raise NumericalError(
+                        f"pruning produced NaN/Inf in '{t.name}'",
+                        fix="raise the dampening (--opt damp=0.1) or use more calibration samples",
+                    )
+                t.set_weight_out_in(w_new.to(w_old.dtype))
+                w_final = t.weight_out_in()
+                self.records[t.name] = LayerRecord(
+                    name=t.name,
+                    shape=tuple(t.module.weight.shape),
+                    in_dim=t.in_dim,
+                    pattern=str(pattern),
+                    sparsity=float((w_final == 0).float().mean()),
+                    rel_error=relative_error(w_old, w_final, stats),
+                    damp=info.get("damp"),
+                    damp_retries=int(info.get("damp_retries", 0)),
+                    seconds=round(secs, 4),
+                )
+
+
+def prune_layer(
+    layer: nn.Module,
+    prefix: str,
+    inps: torch.Tensor,
+    kwargs: dict[str, Any],
+    conv: LayerInputs,
+    cfg: WalkConfig,
+) -> tuple[torch.Tensor, list[LayerRecord]]:
+    """Prune one decoder layer in place; return its outputs (computed with pruned weights) and records."""
+    targets = layer_targets(layer, prefix, cfg.exclude)
+    for t in targets:
+        p = cfg.layer_patterns.get(t.name, cfg.pattern)
+        if p is not None:
+            check_divisible(t.name, t.in_features, p)
+    nsamples = inps.shape[0]
+    total_rows = nsamples * inps.shape[1]
+    pruner = _LayerPruner(cfg, total_rows)
+    if not targets:
+        with torch.no_grad():
+            return _run_layer(layer, inps, kwargs, conv, cfg.device, cfg.chunk_samples, None), []
+    groups = _discover_groups(layer, targets, inps, kwargs, cfg.device)
+    dev = cfg.device
+
+    with torch.no_grad():
+        if cfg.chunk_samples >= nsamples:
+            # One pass: each group's first member gathers stats and prunes the whole group in place.
+            handles = []
+            for g in groups:
+                def hook(_m, args, g=g):
+                    acc = pruner.accumulator(g[0].in_features, dev)
+                    acc.add(args[0], total_rows)
+                    pruner.prune_group(g, acc.finish())
+                handles.append(g[0].module.register_forward_pre_hook(hook))
+            try:
+                outs = _run_layer(layer, inps, kwargs, conv, dev, cfg.chunk_samples, None)
+            finally:
+                for h in handles:
+                    h.remove()
+        else:
+            # Chunked: one statistics pass per group (stopped at the group), then one output pass.
+            for g in groups:
+                acc = pruner.accumulator(g[0].in_features, dev)
+
+                def hook(_m, args, acc=acc):
+                    acc.add(args[0], total_rows)
+                    raise _Stop
+
+                h = g[0].module.register_forward_pre_hook(hook)
+                try:
+                    for start in range(0, nsamples, cfg.chunk_samples):
+                        x = inps[start : start + cfg.chunk_samples].to(dev)
+                        try:
+                            layer(x, **_expand_batch(kwargs, x.shape[0], dev))
+                        except _Stop:
+                            pass
+                finally:
+                    h.remove()
+                pruner.prune_group(g, acc.finish())
+            outs = _run_layer(layer, inps, kwargs, conv, dev, cfg.chunk_samples, None)
+    records = [pruner.records[t.name] for t in targets]
+    return outs, records
+
+
+def replay_layer(layer: nn.Module, inps: torch.Tensor, kwargs: dict, conv: LayerInputs, cfg: WalkConfig) -> torch.Tensor:
+    """Outputs of an already pruned layer (used when resuming)."""
+    with torch.no_grad():
+        return _run_layer(layer, inps, kwargs, conv, cfg.device, cfg.chunk_samples, None)
+
+
+# ---------------------------------------------------------------------------- the walk
+
+
+class Checkpointer:
+    """Interface of resume storage (see prune/resume.py)."""
+
+    done: int
+
+    def load_layer(self, index: int, layer: nn.Module, prefix: str) -> list[LayerRecord]: ...
+
+    def save_layer(self, index: int, layer: nn.Module, prefix: str, records: Sequence[LayerRecord]) -> None: ...
+
+
+def prune_model(
+    model: nn.Module,
+    adapter: Adapter,
+    calib: torch.Tensor,
+    cfg: WalkConfig,
+    checkpoint: Checkpointer | None = None,
+    progress: ProgressFn | None = None,
+) -> list[LayerRecord]:
+    """Prune every decoder layer of ``model`` in place. Returns one record per target linear."""
+    layers = adapter.layers(model)
+    home = next(layers[0].parameters()).device
+    move_except_layers(model, adapter, cfg.device)
+    try:
+        with torch.no_grad():
+            inps, conv = capture_inputs(model, adapter, calib, cfg.device, cfg.store_device, cfg.chunk_samples)
+    finally:
+        move_except_layers(model, adapter, home)
+    records: list[LayerRecord] = []
+    done = checkpoint.done if checkpoint is not None else 0
+    for i, layer in enumerate(layers):
+        t0 = time.perf_counter()
+        prefix = f"{adapter.layers_path}.{i}"
+        layer.to(cfg.device)
+        if i < done:
+            assert checkpoint is not None
+            recs = checkpoint.load_layer(i, layer, prefix)
+            outs = replay_layer(layer, inps, conv.kwargs[i], conv, cfg)
+        else:
+            outs, recs = prune_layer(layer, prefix, inps, conv.kwargs[i], conv, cfg)
+        _check_finite(outs, f"the output of decoder layer {i} ({prefix})")
+        layer.to(home)
+        if i >= done and checkpoint is not None:
+            checkpoint.save_layer(i, layer, prefix, recs)
+        records.extend(recs)
+        inps = outs
+        if progress is not None:
+            progress(i, len(layers), time.perf_counter() - t0)
+    return records
+
+
+def auto_chunk_samples(
+    config: Any, nsamples: int, seqlen: int, elem_bytes: int, free_bytes: int, layer_bytes: int
+) -> int:
+    """How many calibration windows one layer forward may take at once without running out of memory."""
+    hidden = int(getattr(config, "hidden_size", getattr(config, "n_embd", 1024)))
+    inter = int(getattr(config, "intermediate_size", None) or getattr(config, "ffn_dim", None) or getattr(config, "n_inner", None) or 4 * hidden)
+    heads = int(getattr(config, "num_attention_heads", getattr(config, "n_head", 16)))
+    per_sample = seqlen * (hidden * 8 + inter * 4) * max(elem_bytes, 4) + heads * seqlen * seqlen * 4 * 2
+    budget = max(0, int(free_bytes * 0.4) - 2 * layer_bytes)
+    return max(1, min(nsamples, budget // max(per_sample, 1)))
