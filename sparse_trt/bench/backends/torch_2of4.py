@@ -1,0 +1,161 @@
+"""``torch-2of4``: the hf backend with every 2:4 linear's weight as a torch semi-structured sparse tensor.
+
+CUDA only (cuSPARSELt, or CUTLASS when cuSPARSELt is missing or ``--opt kernel=cutlass``). Before
+anything is timed, each converted linear's output is checked against the masked-dense weight on
+random inputs; a mismatch beyond tolerance stops the run (CorrectnessError).
+
+Options (``--opt KEY=VALUE``): ``kernel=auto|cusparselt|cutlass``, ``rtol=`` (default 0.02, relative
+to the reference output's max magnitude), ``check_tokens=`` (rows of the check input, default 64).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from sparse_trt.core.errors import DeviceError, InputError
+from sparse_trt.models.adapters import all_targets
+
+from ..errors import CorrectnessError
+from ..results import SparseKernels
+from .hf import HFBackend
+
+log = logging.getLogger(__name__)
+
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def holds_2of4(w: torch.Tensor) -> bool:
+    """True when every group of 4 consecutive inputs (last dim) has at most 2 non-zeros."""
+    if w.dim() != 2 or w.shape[1] % 4:
+        return False
+    nz = (w.reshape(w.shape[0], -1, 4) != 0).sum(dim=-1)
+    return bool((nz <= 2).all())
+
+
+def semi_structured_class(kernel: str):
+    """Pick and configure torch's semi-structured subclass; returns (class, name)."""
+    from torch.sparse import SparseSemiStructuredTensor
+    from torch.sparse.semi_structured import (
+        SparseSemiStructuredTensorCUSPARSELT,
+        SparseSemiStructuredTensorCUTLASS,
+    )
+
+    has_lt = bool(getattr(torch.backends, "cusparselt", None) and torch.backends.cusparselt.is_available())
+    if kernel == "auto":
+        kernel = "cusparselt" if has_lt else "cutlass"
+    if kernel == "cusparselt":
+        if not has_lt:
+            raise DeviceError("cuSPARSELt is not available in this torch build", fix="use --opt kernel=cutlass (or auto)")
+        SparseSemiStructuredTensor._FORCE_CUTLASS = False
+        return SparseSemiStructuredTensorCUSPARSELT, "cuSPARSELt"
+    if kernel == "cutlass":
+        SparseSemiStructuredTensor._FORCE_CUTLASS = True
+        return SparseSemiStructuredTensorCUTLASS, "CUTLASS"
+    raise InputError(f"--opt kernel={kernel} is not understood", fix="use kernel=auto, cusparselt or cutlass")
+
+
+def shape_ok(cls, dtype: torch.dtype, out_f: int, in_f: int) -> bool:
+    cons = getattr(cls, "_DTYPE_SHAPE_CONSTRAINTS", {}).get(dtype)
+    if cons is None:
+        return False
+    return out_f % cons.sparse_min_rows == 0 and in_f % cons.sparse_min_cols == 0
+
+
+def check_cuda_2of4(device: torch.device) -> None:
+    if device.type != "cuda":
+        raise DeviceError(
+            f"backend torch-2of4 needs a CUDA GPU with 2:4 sparse tensor cores; device is '{device}'. "
+            "torch has no semi-structured sparse kernels on CPU",
+            fix="on CPU use --backend hf (dense kernels: it shows zeros alone give no speedup); "
+            "for sparse kernels run on an Ampere or newer GPU (compute capability 8.0+)",
+        )
+    major, minor = torch.cuda.get_device_capability(device)
+    if major < 8:
+        raise DeviceError(
+            f"GPU {torch.cuda.get_device_name(device)} has compute capability {major}.{minor}; 2:4 sparse tensor cores need 8.0+",
+            fix="use an Ampere or newer GPU, or --backend hf",
+        )
+
+
+class Torch2of4Backend(HFBackend):
+    name = "torch-2of4"
+
+    def __init__(self, spec) -> None:
+        check_cuda_2of4(spec.device)
+        if spec.dtype is not None and spec.dtype not in SUPPORTED_DTYPES:
+            raise InputError(f"torch-2of4 runs float16 or bfloat16, not {spec.dtype}", fix="use --dtype float16 or bfloat16")
+        super().__init__(spec)
+        self._kind = ""
+        self._eligible = 0
+        self._converted: list[str] = []
+        self._kept_dense: dict[str, str] = {}
+        self._max_rel_err = 0.0
+
+    def load(self) -> None:
+        super().load()
+        dtype = next(self.model.parameters()).dtype
+        if dtype not in SUPPORTED_DTYPES:
+            raise InputError(f"the model loaded as {dtype}; torch-2of4 kernels need float16 or bfloat16",
+                             fix="pass --dtype float16 (or bfloat16)")
+        cls, self._kind = semi_structured_class(self.spec.options.get("kernel", "auto"))
+        from torch.sparse import to_sparse_semi_structured
+
+        rtol = float(self.spec.options.get("rtol", "0.02"))
+        rows = int(self.spec.options.get("check_tokens", "64"))
+        g = torch.Generator(device=self.spec.device).manual_seed(0)
+        targets = all_targets(self.model, self.loaded.adapter)
+        self._eligible = len(targets)
+        for t in targets:
+            if t.in_dim != 1:
+                self._kept_dense[t.name] = "Conv1D weight layout ([in, out]) is not converted"
+                continue
+            w = t.module.weight.data
+            out_f, in_f = w.shape
+            if not holds_2of4(w):
+                self._kept_dense[t.name] = "weight is not 2:4 sparse (dense on purpose, or not pruned)"
+                continue
+            if not shape_ok(cls, dtype, out_f, in_f):
+                self._kept_dense[t.name] = f"shape {out_f}x{in_f} not supported by {self._kind} for {dtype}"
+                continue
+            sparse_w = to_sparse_semi_structured(w.contiguous())
+            x = torch.randn(rows, in_f, device=w.device, dtype=dtype, generator=g)
+            bias = t.module.bias
+            ref = F.linear(x, w, bias)
+            got = F.linear(x, sparse_w, bias)
+            scale = float(ref.abs().max().clamp_min(1e-6))
+            rel = float((got.float() - ref.float()).abs().max()) / scale
+            self._max_rel_err = max(self._max_rel_err, rel)
+            if not rel <= rtol:
+                raise CorrectnessError(
+                    f"{t.name}: {self._kind} 2:4 output differs from the masked-dense output by {rel:.3g} "
+                    f"(relative to max |y|), above the tolerance {rtol}",
+                    fix="do not trust timings from this kernel; try --opt kernel=cutlass, or report the torch version",
+                )
+            t.module.weight = nn.Parameter(sparse_w, requires_grad=False)
+            self._converted.append(t.name)
+        if not self._converted:
+            raise InputError(
+                f"no linear of '{self.spec.model}' could use 2:4 kernels ({len(self._kept_dense)} kept dense; "
+                f"first reason: {next(iter(self._kept_dense.values()), 'no targets')})",
+                fix="prune the model to 2:4 first (`sparse-trt prune MODEL -o DIR --pattern 2:4`)",
+            )
+        log.info("torch-2of4: %d/%d linears on %s 2:4 kernels (max rel. error %.2g)",
+                 len(self._converted), self._eligible, self._kind, self._max_rel_err)
+
+    def sparse_kernels(self) -> SparseKernels:
+        return SparseKernels(
+            active=bool(self._converted),
+            kind=f"torch semi-structured ({self._kind})",
+            eligible_layers=self._eligible,
+            sparse_layers=len(self._converted),
+            detail=f"{len(self._kept_dense)} linears kept dense; outputs checked against masked-dense "
+            f"(max relative error {self._max_rel_err:.3g})",
+        )
+
+    def info(self) -> dict[str, Any]:
+        return {"kernel": self._kind, "kept_dense": dict(self._kept_dense), "max_rel_err": self._max_rel_err}

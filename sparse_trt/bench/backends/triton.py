@@ -1,0 +1,226 @@
+"""``triton``: requests to a running Triton server over gRPC, streamed (decoupled) so TTFT is real.
+
+The server side lives in ``sparse_trt/serve/`` (issue 5). This client speaks the token-id interface
+of TensorRT-LLM's ``tensorrt_llm`` Triton model by default; each sequence of a request is sent as
+its own streaming request (the server batches in flight). Any model with the same tensor names
+works (e.g. a PyTorch python-backend model); otherwise subclass :class:`TritonBackend` and override
+:meth:`build_inputs` / :meth:`tokens_in` and register it under a new name.
+
+``--model`` is the Triton model name. Options (``--opt KEY=VALUE``):
+``url`` (default localhost:8001), ``engine_dir`` (read its build_report.json and limits: otherwise
+whether sparse kernels ran is *unknown*), ``vocab_size`` (prompt ids are drawn below it; default:
+the engine's, else 1000), ``end_id`` (default -1: never stop early), ``timeout_s`` (default 600),
+``input_ids``/``input_lengths``/``request_output_len``/``streaming``/``end_id_name``/``output_ids``
+(tensor names).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sparse_trt.core.deps import require
+
+from ..errors import BackendError
+from ..results import SparseKernels
+from ..workload import Limits
+from .base import Backend, GenerationRequest, SequenceTiming
+from .engine_info import (
+    check_engine_dir,
+    engine_config,
+    engine_limits,
+    engine_vocab,
+    manifest_quality,
+    read_build_report,
+    report_source_dirs,
+    sparse_kernels_from_report,
+)
+
+DEFAULT_NAMES = {
+    "input_ids": "input_ids",
+    "input_lengths": "input_lengths",
+    "request_output_len": "request_output_len",
+    "streaming": "streaming",
+    "end_id_name": "end_id",
+    "output_ids": "output_ids",
+}
+
+
+class _Stream:
+    """One gRPC client + bidirectional stream per thread; responses routed to per-request queues."""
+
+    def __init__(self, grpc, url: str) -> None:
+        self.client = grpc.InferenceServerClient(url=url)
+        self.queues: dict[str, queue.Queue] = {}
+        self.lock = threading.Lock()
+        self.client.start_stream(callback=self._callback)
+
+    def _callback(self, result, error) -> None:
+        t = time.perf_counter()
+        if error is not None:
+            with self.lock:
+                qs = list(self.queues.values())
+            for q in qs:
+                q.put((t, None, error))
+            return
+        rid = result.get_response().id
+        with self.lock:
+            q = self.queues.get(rid)
+        if q is not None:
+            q.put((t, result, None))
+
+    def close(self) -> None:
+        try:
+            self.client.stop_stream()
+            self.client.close()
+        except Exception:  # noqa: BLE001
+            pass
+
+
+class TritonBackend(Backend):
+    name = "triton"
+    thread_safe = True
+    model_kind = "Triton model name (server given by --opt url=HOST:PORT)"
+
+    def __init__(self, spec) -> None:
+        super().__init__(spec)
+        self.url = spec.options.get("url", "localhost:8001")
+        self.names = {k: spec.options.get(k, v) for k, v in DEFAULT_NAMES.items()}
+        self.engine_dir: Path | None = check_engine_dir(spec.options["engine_dir"]) if "engine_dir" in spec.options else None
+        self.cfg = engine_config(self.engine_dir) if self.engine_dir else {}
+        self.report = read_build_report(self.engine_dir) if self.engine_dir else None
+        self._grpc = None
+        self._local = threading.local()
+        self._streams: list[_Stream] = []
+        self._streams_lock = threading.Lock()
+        self._counter = 0
+
+    def limits(self) -> Limits:
+        if self.cfg:
+            return engine_limits(self.cfg)
+        return Limits(source="unknown: pass --opt engine_dir=ENGINE for the engine's limits")
+
+    def load(self) -> None:
+        self._grpc = require("tritonclient.grpc", "benchmarking a Triton server")
+        client = self._grpc.InferenceServerClient(url=self.url)
+        try:
+            live = client.is_server_live()
+            ready = client.is_model_ready(self.spec.model)
+        except Exception as e:  # noqa: BLE001 - InferenceServerException / grpc errors
+            raise BackendError(f"Triton server at {self.url} is not reachable ({e})",
+                               fix="start it (see sparse_trt/serve) or pass --opt url=HOST:PORT") from None
+        finally:
+            client.close()
+        if not live or not ready:
+            raise BackendError(f"Triton model '{self.spec.model}' is not ready on {self.url}",
+                               fix="check the server log and the model repository")
+
+    def vocab_size(self) -> int:
+        if "vocab_size" in self.spec.options:
+            return int(self.spec.options["vocab_size"])
+        return engine_vocab(self.cfg) or 1000
+
+    # -- request building: override for other model interfaces -------------------------------------
+    def build_inputs(self, prompt: list[int], max_new_tokens: int) -> list[Any]:
+        g = self._grpc
+        n = self.names
+        arrays = [
+            (n["input_ids"], np.asarray([prompt], dtype=np.int32), "INT32"),
+            (n["input_lengths"], np.asarray([[len(prompt)]], dtype=np.int32), "INT32"),
+            (n["request_output_len"], np.asarray([[max_new_tokens]], dtype=np.int32), "INT32"),
+            (n["streaming"], np.asarray([[True]], dtype=bool), "BOOL"),
+            (n["end_id_name"], np.asarray([[int(self.spec.options.get("end_id", "-1"))]], dtype=np.int32), "INT32"),
+        ]
+        inputs = []
+        for name, arr, dt in arrays:
+            t = g.InferInput(name, list(arr.shape), dt)
+            t.set_data_from_numpy(arr)
+            inputs.append(t)
+        return inputs
+
+    def tokens_in(self, result) -> int:
+        """How many new tokens one streamed response carries."""
+        arr = result.as_numpy(self.names["output_ids"])
+        return 0 if arr is None else int(arr.shape[-1])
+
+    # -- generation ---------------------------------------------------------------------------------
+    def _stream(self) -> _Stream:
+        s = getattr(self._local, "stream", None)
+        if s is None:
+            s = _Stream(self._grpc, self.url)
+            self._local.stream = s
+            with self._streams_lock:
+                self._streams.append(s)
+        return s
+
+    def _next_id(self) -> str:
+        with self._streams_lock:
+            self._counter += 1
+            return f"sparse-trt-{self._counter}"
+
+    def generate(self, request: GenerationRequest) -> list[SequenceTiming]:
+        if self._grpc is None:
+            raise RuntimeError("backend not loaded")
+        s = self._stream()
+        timeout = float(self.spec.options.get("timeout_s", "600"))
+        ids = [self._next_id() for _ in request.prompts]
+        qs = {rid: queue.Queue() for rid in ids}
+        with s.lock:
+            s.queues.update(qs)
+        start = time.perf_counter()
+        try:
+            for rid, prompt in zip(ids, request.prompts, strict=True):
+                s.client.async_stream_infer(self.spec.model, self.build_inputs(prompt, request.max_new_tokens),
+                                            request_id=rid, enable_empty_final_response=True)
+            out = []
+            for rid, prompt in zip(ids, request.prompts, strict=True):
+                times: list[float] = []
+                while True:
+                    try:
+                        t, result, error = qs[rid].get(timeout=timeout)
+                    except queue.Empty:
+                        raise BackendError(f"Triton request {rid} got no response for {timeout:.0f}s",
+                                           fix="check the server; raise --opt timeout_s=") from None
+                    if error is not None:
+                        raise BackendError(f"Triton returned an error: {error}")
+                    k = self.tokens_in(result)
+                    times.extend([t] * k)
+                    params = result.get_response().parameters
+                    if "triton_final_response" in params and params["triton_final_response"].bool_param:
+                        break
+                end = times[-1] if times else time.perf_counter()
+                out.append(SequenceTiming(start, times[0] if times else end, end, len(prompt), len(times), times))
+            return out
+        finally:
+            with s.lock:
+                for rid in ids:
+                    s.queues.pop(rid, None)
+
+    def sparse_kernels(self) -> SparseKernels:
+        if self.engine_dir is None:
+            return SparseKernels(None, "unknown: no engine given",
+                                 detail="pass --opt engine_dir=ENGINE so its build_report.json says whether sparse kernels ran")
+        return sparse_kernels_from_report(self.report, str(self.engine_dir))
+
+    def build_report(self) -> dict[str, Any] | None:
+        return self.report
+
+    def quality(self):
+        dirs = ([self.engine_dir] if self.engine_dir else []) + report_source_dirs(self.report)
+        if "manifest" in self.spec.options:
+            dirs.insert(0, Path(self.spec.options["manifest"]))
+        return manifest_quality(*dirs)
+
+    def info(self) -> dict[str, Any]:
+        return {"url": self.url, "model": self.spec.model, "tensor_names": dict(self.names),
+                "engine_dir": str(self.engine_dir) if self.engine_dir else None}
+
+    def close(self) -> None:
+        for s in self._streams:
+            s.close()
+        self._streams.clear()

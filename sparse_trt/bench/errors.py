@@ -1,0 +1,25 @@
+"""Benchmark-specific errors, all under the project's SparseTrtError hierarchy."""
+
+from __future__ import annotations
+
+from sparse_trt.core.errors import InputError, SparseTrtError
+
+
+class WorkloadError(InputError):
+    """A workload point exceeds what the model or engine can take (context, batch, input length)."""
+
+
+class ResultsError(InputError):
+    """A results file is missing, empty, foreign, of another schema version, or malformed."""
+
+
+class BackendError(SparseTrtError):
+    """A backend failed while running (the points finished before the failure are kept)."""
+
+    exit_code = 8
+
+
+class CorrectnessError(SparseTrtError):
+    """A sparse kernel's output differs from the masked-dense reference beyond tolerance."""
+
+    exit_code = 9
