@@ -1,0 +1,240 @@
+"""``sparse-trt triton``: model repositories, a managed tritonserver, and streaming requests against it."""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from sparse_trt.core.errors import InputError
+
+from .common import console, handle_errors, out, setup_logging
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def _int_list(text: str, what: str) -> list[int]:
+    try:
+        vals = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise InputError(f"{what} '{text}' is not a comma-separated list of integers", fix=f"e.g. {what} 1,4,8") from None
+    if not vals or min(vals) < 1:
+        raise InputError(f"{what} '{text}' needs positive integers", fix=f"e.g. {what} 1,4,8")
+    return vals
+
+
+def register(app: typer.Typer) -> None:
+    tr = typer.Typer(help="Triton Inference Server: build model repositories, serve them, send streaming requests.",
+                     no_args_is_help=True)
+    app.add_typer(tr, name="triton")
+
+    @tr.command("repo")
+    @handle_errors
+    def repo_cmd(
+        source: Path = typer.Argument(..., help="tensorrtllm: the engine folder (config.json + rank*.engine). "
+                                      "pytorch: the HF model folder (dense or pruned)."),
+        out_dir: Path = typer.Option(..., "-o", "--out", help="Repository folder to write (must not exist)."),
+        backend: str = typer.Option("tensorrtllm", "--backend", help="tensorrtllm or pytorch."),
+        tokenizer: Path | None = typer.Option(None, "--tokenizer", help="tensorrtllm: HF folder holding the tokenizer."),
+        name: str = typer.Option("ensemble", "--name", help="Name of the model clients call; other models get it as prefix."),
+        max_batch_size: int = typer.Option(8, "--max-batch-size", help="Triton max_batch_size (pytorch: concurrent generations)."),
+        decoupled: bool = typer.Option(True, "--decoupled/--no-decoupled", help="tensorrtllm: streaming (decoupled) mode."),
+        kv_frac: float = typer.Option(0.9, "--kv-cache-free-gpu-mem-fraction", help="tensorrtllm: share of free GPU memory for the KV cache."),
+        batching: str = typer.Option("inflight_fused_batching", "--batching", help="tensorrtllm: inflight_fused_batching or v1."),
+        instances: int = typer.Option(1, "--instances", help="Instances of each Python model."),
+        device: str = typer.Option("auto", "--device", help="pytorch: auto, cpu, cuda, cuda:N (resolved when the server loads it)."),
+        dtype: str = typer.Option("auto", "--dtype", help="pytorch: auto, float32, float16, bfloat16."),
+        sparse_kernels: bool = typer.Option(False, "--sparse-kernels", help="pytorch: 2:4 weights through torch semi-structured kernels (CUDA)."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing repository (only on success)."),
+        verbose: bool = typer.Option(False, "--verbose", "-v"),
+    ) -> None:
+        """Write a model repository: TensorRT-LLM ensemble, or the PyTorch Python-backend equivalent."""
+        setup_logging(verbose)
+        from sparse_trt.serve.triton.check import check_repo
+        from sparse_trt.serve.triton.errors import TritonRepoError
+        from sparse_trt.serve.triton.repo import BACKENDS, build_pytorch_repo, build_trtllm_repo
+
+        if backend not in BACKENDS:
+            raise TritonRepoError(f"--backend '{backend}' is not known", fix=f"use one of: {', '.join(BACKENDS)}")
+        if backend == "pytorch":
+            res = build_pytorch_repo(source, out_dir, name=name, device=device, dtype=dtype, sparse_kernels=sparse_kernels,
+                                     max_batch_size=max_batch_size, instances=instances, overwrite=overwrite)
+        else:
+            res = build_trtllm_repo(source, tokenizer, out_dir, name=name, max_batch_size=max_batch_size,
+                                    decoupled=decoupled, kv_cache_free_gpu_mem_fraction=kv_frac, batching=batching,
+                                    instances=instances, overwrite=overwrite)
+        rep = check_repo(res.path)
+        if not rep.ok:  # our own output must pass our own check
+            raise TritonRepoError("the generated repository fails its check:\n  " + "\n  ".join(rep.problems))
+        for n in res.notes:
+            console.print(f"[yellow]note:[/] {n}")
+        console.print(f"wrote {res.path} ({res.backend}: {', '.join(res.models)}); clients call '{res.entry}'.\n"
+                      f"serve it: sparse-trt triton serve {res.path}")
+
+    @tr.command("check")
+    @handle_errors
+    def check_cmd(
+        repo: Path = typer.Argument(..., help="Model repository folder."),
+        verbose: bool = typer.Option(False, "--verbose", "-v"),
+    ) -> None:
+        """Re-parse every config.pbtxt strictly and check the ensemble wiring."""
+        setup_logging(verbose)
+        from sparse_trt.serve.triton.check import check_repo
+        from sparse_trt.serve.triton.errors import TritonRepoError
+
+        rep = check_repo(repo)
+        t = Table(title=str(repo))
+        for c in ("model", "backend/platform", "max_batch_size", "decoupled", "inputs", "outputs"):
+            t.add_column(c)
+        for n, c in rep.models.items():
+            t.add_row(n, c.backend or c.platform, str(c.max_batch_size), "yes" if c.model_transaction_policy.decoupled else "",
+                      str(len(c.input)), str(len(c.output)))
+        out.print(t)
+        for w in rep.warnings:
+            console.print(f"[yellow]warning:[/] {w}", highlight=False)
+        if not rep.ok:
+            raise TritonRepoError(f"{len(rep.problems)} problem(s) in '{repo}':\n  " + "\n  ".join(rep.problems),
+                                  fix="regenerate the repository with `sparse-trt triton repo`, or fix the files named")
+        console.print(f"[green]OK[/]: {len(rep.models)} models; entry point(s): {', '.join(rep.entry_points())}")
+
+    @tr.command("serve")
+    @handle_errors
+    def serve_cmd(
+        repos: list[Path] = typer.Argument(..., help="One or more model repositories (model names must not clash)."),
+        http_port: int = typer.Option(8000, "--http-port"),
+        grpc_port: int = typer.Option(8001, "--grpc-port"),
+        metrics_port: int = typer.Option(8002, "--metrics-port"),
+        host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (loopback by default)."),
+        tritonserver: Path | None = typer.Option(None, "--tritonserver", help="tritonserver binary (default: container, PATH, pytriton wheel)."),
+        log_file: Path | None = typer.Option(None, "--log-file", help="Also write the server log here."),
+        show_log: bool = typer.Option(False, "--show-log", help="Stream the server log to the console."),
+        log_verbose: int = typer.Option(0, "--log-verbose", help="tritonserver --log-verbose level."),
+        startup_timeout: float = typer.Option(300.0, "--startup-timeout", help="Seconds to wait for /v2/health/ready."),
+        exit_timeout: int = typer.Option(30, "--exit-timeout", help="Seconds in-flight requests get to finish on shutdown."),
+        verbose: bool = typer.Option(False, "--verbose", "-v"),
+    ) -> None:
+        """Run tritonserver on REPO(S) until Ctrl-C / SIGTERM (then drain in-flight requests and exit)."""
+        setup_logging(verbose)
+        from sparse_trt.serve.triton.server import TritonServer, find_tritonserver
+
+        if host not in LOOPBACK:
+            console.print(f"[yellow]warning:[/] listening on {host}: the server has no authentication; "
+                          "anyone who can reach this address can use it")
+        install = find_tritonserver(tritonserver)
+        console.print(f"tritonserver: {install.binary} ({install.source})")
+        srv = TritonServer(repos, host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
+                           install=install, log_file=log_file, log_verbose=log_verbose, exit_timeout_s=exit_timeout,
+                           on_log_line=(lambda ln: console.print(ln, markup=False, highlight=False)) if show_log else None)
+
+        class _Term(Exception):
+            pass
+
+        def on_term(signum, frame):
+            raise _Term()
+
+        old = signal.signal(signal.SIGTERM, on_term)
+        try:
+            with console.status("starting tritonserver (loading models)..."):
+                srv.start(timeout_s=startup_timeout)
+            console.print(f"[green]ready[/]: models {', '.join(srv.models_ready) or '?'}\n"
+                          f"  HTTP  http://{srv.http_url}  (POST /v2/models/<model>/generate, generate_stream)\n"
+                          f"  gRPC  {srv.grpc_url}\n  metrics http://{srv._client_host}:{metrics_port}/metrics\n"
+                          "Ctrl-C or SIGTERM stops it after in-flight requests finish.")
+            code = None
+            while code is None:
+                code = srv.wait(0.5)
+            tail = "\n".join(srv.log_tail(15))
+            console.print(f"[red]tritonserver exited on its own (code {code})[/]; last log lines:\n{tail}",
+                          markup=True, highlight=False)
+            raise typer.Exit(1)
+        except (KeyboardInterrupt, _Term):
+            console.print(f"stopping: draining in-flight requests (up to {exit_timeout}s)...")
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            code = srv.stop()
+            console.print(f"tritonserver stopped (exit code {code})")
+        finally:
+            signal.signal(signal.SIGTERM, old)
+            srv.stop()
+
+    @tr.command("generate")
+    @handle_errors
+    def generate_cmd(
+        prompt: str = typer.Argument(..., help="Prompt text."),
+        url: str = typer.Option("127.0.0.1:8001", "--url", help="gRPC host:port (with --http: the HTTP host:port)."),
+        model: str = typer.Option("ensemble", "--model", help="Model to call."),
+        max_tokens: int = typer.Option(64, "--max-tokens"),
+        stream: bool = typer.Option(True, "--stream/--no-stream"),
+        http: bool = typer.Option(False, "--http", help="Use the HTTP generate endpoints instead of gRPC."),
+        temperature: float | None = typer.Option(None, "--temperature"),
+        seed: int | None = typer.Option(None, "--seed"),
+    ) -> None:
+        """Send one request and print the completion as it streams in, with TTFT."""
+        from sparse_trt.serve.triton import client as C
+
+        params = C.SamplingParams(max_tokens=max_tokens, temperature=temperature, random_seed=seed)
+        if http:
+            if stream:
+                for ev in C.http_generate_stream(url, prompt, params, model=model):
+                    out.print(ev.get("text_output", ""), end="", markup=False, highlight=False)
+                out.print()
+            else:
+                out.print(C.http_generate(url, prompt, params, model=model).get("text_output", ""), markup=False)
+            return
+        r = C.generate_stream(url, prompt, params, model=model, stream=stream)
+        if r.error:
+            from sparse_trt.serve.triton.errors import TritonClientError
+
+            raise TritonClientError(f"request to {url}/{model} failed: {r.error}", fix="check the server log")
+        out.print(r.text, markup=False, highlight=False)
+        ttft = f"{r.ttft_s * 1000:.1f} ms" if r.ttft_s is not None else "-"
+        console.print(f"{r.output_tokens} responses, TTFT {ttft}, total {r.e2e_s * 1000:.1f} ms")
+
+    @tr.command("load")
+    @handle_errors
+    def load_cmd(
+        url: str = typer.Option("127.0.0.1:8001", "--url", help="gRPC host:port."),
+        model: str = typer.Option("ensemble", "--model"),
+        prompts_file: Path | None = typer.Option(None, "--prompts", help="Text file, one prompt per line (default: built-in)."),
+        requests: int = typer.Option(32, "--requests", help="Requests per concurrency level."),
+        concurrency: str = typer.Option("1,4", "--concurrency", help="Comma-separated concurrency levels."),
+        max_tokens: int = typer.Option(64, "--max-tokens"),
+        ignore_eos: bool = typer.Option(True, "--ignore-eos/--stop-at-eos", help="Generate exactly --max-tokens tokens."),
+        json_path: Path | None = typer.Option(None, "--json", help="Write the results here."),
+    ) -> None:
+        """Closed-loop streaming load test: TTFT, inter-token latency, throughput per concurrency level."""
+        from sparse_trt.serve.triton import client as C
+
+        if prompts_file is not None:
+            try:
+                base = [ln.strip() for ln in prompts_file.read_text(encoding="utf-8").splitlines() if ln.strip()]
+            except OSError as e:
+                raise InputError(f"cannot read --prompts '{prompts_file}': {e}", fix="check the path") from None
+            if not base:
+                raise InputError(f"--prompts '{prompts_file}' holds no prompts", fix="one prompt per line")
+        else:
+            base = ["Explain why sparse matrices can speed up inference.", "Write a short story about a river.",
+                    "List three facts about the planet Mars.", "What is the capital of France and why?"]
+        prompts = [base[i % len(base)] for i in range(requests)]
+        params = C.SamplingParams(max_tokens=max_tokens, ignore_eos=ignore_eos)
+        t = Table(title=f"{url} / {model}")
+        for c in ("conc.", "req", "err", "tok/s", "req/s", "TTFT p50 ms", "TTFT p99 ms", "ITL p50 ms", "ITL p99 ms"):
+            t.add_column(c)
+        rows = []
+        for c in _int_list(concurrency, "--concurrency"):
+            res = C.run_load(url, prompts, params, model=model, concurrency=c)
+            s = res.summary()
+            rows.append(res.to_dict())
+            ms = lambda d, k: f"{d[k] * 1000:.1f}" if d else "-"  # noqa: E731
+            t.add_row(str(c), str(s["requests"]), str(s["errors"]), f"{s['throughput_tok_s']:.1f}",
+                      f"{s['requests_per_s']:.2f}", ms(s["ttft_s"], "p50"), ms(s["ttft_s"], "p99"),
+                      ms(s["itl_s"], "p50"), ms(s["itl_s"], "p99"))
+            if res.errors:
+                console.print(f"[red]{len(res.errors)} error(s)[/], first: {res.errors[0]}", highlight=False)
+        out.print(t)
+        if json_path is not None:
+            json_path.parent.mkdir(parents=True, exist_ok=True)
+            json_path.write_text(json.dumps(rows, indent=2) + "\n")
+            console.print(f"wrote {json_path}")

@@ -1,0 +1,41 @@
+"""Errors of the Triton serving stage (subclasses of the core hierarchy, so the CLI maps their exit codes)."""
+
+from __future__ import annotations
+
+from sparse_trt.core.errors import InputError, MissingDependencyError, SparseTrtError
+
+
+class TritonRepoError(InputError):
+    """A model repository (or an input used to build one) is invalid."""
+
+
+class EngineDirError(TritonRepoError):
+    """A TensorRT-LLM engine folder is missing its config.json or rank engines."""
+
+
+class TokenizerError(TritonRepoError):
+    """A tokenizer folder is missing or unreadable."""
+
+
+class TritonNotFoundError(MissingDependencyError):
+    """No tritonserver binary could be found."""
+
+
+class TritonServerError(SparseTrtError):
+    """tritonserver failed to start, died, or could not be reached."""
+
+    exit_code = 8
+
+
+class PortInUseError(TritonServerError):
+    """A port the server needs is taken by another process."""
+
+
+class ModelLoadFailed(TritonServerError):
+    """tritonserver started but a model in the repository failed to load."""
+
+
+class TritonClientError(SparseTrtError):
+    """A request to a running Triton server failed."""
+
+    exit_code = 9
