@@ -1,0 +1,235 @@
+"""Dense vs 2:4 GEMM timings for every distinct linear shape of a model (or explicit shapes).
+
+torch: ``F.linear`` with a dense weight vs the same weight as a semi-structured sparse tensor, timed
+with CUDA events after warm-up, outputs checked against each other. TensorRT (when installed): the
+same weight in a one-layer ONNX graph, built once without and once with sparse weights allowed.
+Where a path cannot run (CPU, old GPU, no TensorRT) the rows say "not available: why" and hold no
+numbers. On any device the ONNX graphs are checked (onnx.checker + ONNX Runtime vs torch).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch.nn import functional as F
+
+from sparse_trt.core.deps import available, require
+from sparse_trt.core.errors import InputError
+
+from .results import GemmResult, GemmRow, OnnxCheck
+from .synth import mask_2of4_
+from .timing import Summary, time_callable_events
+
+log = logging.getLogger(__name__)
+
+Shape = tuple[int, int]  # (out_features, in_features)
+
+
+def parse_shapes(text: str) -> list[Shape]:
+    """'4096x4096,11008x4096' -> [(4096, 4096), (11008, 4096)]; OUTxIN as nn.Linear stores the weight."""
+    out: list[Shape] = []
+    for item in [t.strip() for t in text.split(",") if t.strip()]:
+        m = re.fullmatch(r"(\d+)\s*[xX×]\s*(\d+)", item)
+        if not m or int(m.group(1)) <= 0 or int(m.group(2)) <= 0:
+            raise InputError(f"shape '{item}' is not OUTxIN", fix="e.g. --shapes 4096x4096,11008x4096")
+        s = (int(m.group(1)), int(m.group(2)))
+        if s[1] % 4:
+            raise InputError(f"shape '{item}': in_features {s[1]} is not a multiple of 4, so no 2:4 pattern exists")
+        if s not in out:
+            out.append(s)
+    if not out:
+        raise InputError("no shapes given", fix="e.g. --shapes 4096x4096,11008x4096")
+    return out
+
+
+def model_shapes(spec: str, trust_remote_code: bool = False) -> list[Shape]:
+    """Distinct [out, in] shapes of the model's prunable linears (built on the meta device: no weights read)."""
+    from transformers import AutoModelForCausalLM
+
+    from sparse_trt.models.adapters import adapter_for, all_targets
+    from sparse_trt.models.loading import load_config, resolve_source
+
+    cfg = load_config(resolve_source(spec), trust_remote_code)
+    adapter = adapter_for(getattr(cfg, "model_type", "?"))
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(cfg, trust_remote_code=trust_remote_code)
+    shapes: list[Shape] = []
+    for t in all_targets(model, adapter):
+        w = t.weight_out_in()
+        s = (int(w.shape[0]), int(w.shape[1]))
+        if s not in shapes:
+            shapes.append(s)
+    return shapes
+
+
+def random_2of4(shape: Shape, dtype: torch.dtype, device: torch.device, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(shape, generator=g, dtype=torch.float32).to(dtype)
+    mask_2of4_(w)
+    return w.to(device)
+
+
+def torch_unavailable_reason(device: torch.device) -> str | None:
+    if device.type != "cuda":
+        return f"not available: torch semi-structured 2:4 kernels need a CUDA GPU (device is {device})"
+    major, minor = torch.cuda.get_device_capability(device)
+    if major < 8:
+        return f"not available: compute capability {major}.{minor} < 8.0 has no 2:4 sparse tensor cores"
+    return None
+
+
+def _na_rows(shapes: list[Shape], tokens: list[int], dtype: torch.dtype, engine: str, reason: str) -> list[GemmRow]:
+    dn = str(dtype).removeprefix("torch.")
+    return [GemmRow([o, i], t, dn, engine, reason) for (o, i) in shapes for t in tokens]
+
+
+def probe_torch(shapes: list[Shape], tokens: list[int], dtype: torch.dtype, device: torch.device, *,
+                warmup: int, iters: int, seed: int = 0, kernel: str = "auto",
+                progress: Callable[[int, int], None] | None = None) -> list[GemmRow]:
+    reason = torch_unavailable_reason(device)
+    if reason is not None:
+        return _na_rows(shapes, tokens, dtype, "torch", reason)
+    from torch.sparse import to_sparse_semi_structured
+
+    from .backends.torch_2of4 import semi_structured_class, shape_ok
+
+    cls, kind = semi_structured_class(kernel)
+    dn = str(dtype).removeprefix("torch.")
+    rows: list[GemmRow] = []
+    n = 0
+    for si, (o, i) in enumerate(shapes):
+        if not shape_ok(cls, dtype, o, i):
+            rows += _na_rows([(o, i)], tokens, dtype, "torch", f"not available: {kind} does not support {o}x{i} in {dn}")
+            continue
+        w = random_2of4((o, i), dtype, device, seed + si)
+        ws = to_sparse_semi_structured(w)
+        for t in tokens:
+            x = torch.randn(t, i, dtype=dtype, device=device)
+            ref = F.linear(x, w)
+            err = float((F.linear(x, ws).float() - ref.float()).abs().max())
+            d = time_callable_events(lambda x=x, w=w: F.linear(x, w), device, warmup, iters)
+            s = time_callable_events(lambda x=x, ws=ws: F.linear(x, ws), device, warmup, iters)
+            ds, ss = Summary.of(d), Summary.of(s)
+            rows.append(GemmRow([o, i], t, dn, "torch", "ok", ds, ss, ds.p50 / ss.p50 if ss.p50 > 0 else None, err,
+                                f"torch semi-structured ({kind})"))
+            n += 1
+            if progress:
+                progress(n, len(shapes) * len(tokens))
+    return rows
+
+
+def probe_tensorrt(shapes: list[Shape], tokens: list[int], dtype: torch.dtype, device: torch.device, *,
+                   warmup: int, iters: int, seed: int = 0, workdir: Path | None = None) -> list[GemmRow]:
+    """Dense vs sparse-weights-allowed TensorRT engines of one-layer ONNX GEMMs (TensorRT 10 API)."""
+    if device.type != "cuda":
+        return _na_rows(shapes, tokens, dtype, "tensorrt", f"not available: TensorRT needs a CUDA GPU (device is {device})")
+    if not available("tensorrt"):
+        return _na_rows(shapes, tokens, dtype, "tensorrt", "not available: TensorRT is not installed (pip install tensorrt, or the TensorRT-LLM container)")
+    trt = require("tensorrt", "TensorRT GEMM probes")
+    from .onnx_gemm import gemm_graph
+
+    dn = str(dtype).removeprefix("torch.")
+    onnx_dtype = torch.float16 if dtype == torch.float16 else torch.float32
+    logger = trt.Logger(trt.Logger.ERROR)
+    rows: list[GemmRow] = []
+    for si, (o, i) in enumerate(shapes):
+        w = random_2of4((o, i), dtype, torch.device("cpu"), seed + si).to(onnx_dtype)
+        model_bytes = gemm_graph(w.numpy()).SerializeToString()
+        engines = {}
+        for sparse in (False, True):
+            builder = trt.Builder(logger)
+            network = builder.create_network(0)
+            parser = trt.OnnxParser(network, logger)
+            if not parser.parse(model_bytes):
+                errs = "; ".join(str(parser.get_error(k)) for k in range(parser.num_errors))
+                rows += _na_rows([(o, i)], tokens, dtype, "tensorrt", f"not available: ONNX parse failed ({errs})")
+                engines = {}
+                break
+            config = builder.create_builder_config()
+            config.set_flag(trt.BuilderFlag.FP16 if dtype == torch.float16 else trt.BuilderFlag.BF16)
+            if sparse:
+                config.set_flag(trt.BuilderFlag.SPARSE_WEIGHTS)
+            prof = builder.create_optimization_profile()
+            prof.set_shape("X", (min(tokens), i), (max(tokens), i), (max(tokens), i))
+            config.add_optimization_profile(prof)
+            blob = builder.build_serialized_network(network, config)
+            if blob is None:
+                rows += _na_rows([(o, i)], tokens, dtype, "tensorrt", "not available: TensorRT engine build failed")
+                engines = {}
+                break
+            engines[sparse] = trt.Runtime(logger).deserialize_cuda_engine(blob)
+        if not engines:
+            continue
+        stream = torch.cuda.Stream(device)
+        for t in tokens:
+            x = torch.randn(t, i, dtype=onnx_dtype, device=device)
+            outs, times = {}, {}
+            for sparse, eng in engines.items():
+                ctx = eng.create_execution_context()
+                ctx.set_input_shape("X", (t, i))
+                y = torch.empty(t, o, dtype=onnx_dtype, device=device)
+                ctx.set_tensor_address("X", x.data_ptr())
+                ctx.set_tensor_address("Y", y.data_ptr())
+
+                def run(ctx=ctx, stream=stream):
+                    with torch.cuda.stream(stream):
+                        ctx.execute_async_v3(stream.cuda_stream)
+
+                times[sparse] = time_callable_events(run, device, warmup, iters)
+                outs[sparse] = y
+            err = float((outs[True].float() - outs[False].float()).abs().max())
+            ds, ss = Summary.of(times[False]), Summary.of(times[True])
+            rows.append(GemmRow([o, i], t, dn, "tensorrt", "ok", ds, ss, ds.p50 / ss.p50 if ss.p50 > 0 else None, err,
+                                "TensorRT (sparse weights allowed; tactic choice is TensorRT's)"))
+    return rows
+
+
+def onnx_checks(shapes: list[Shape], dtype: torch.dtype, tokens: int, seed: int = 0,
+                max_elements: int | None = None) -> tuple[list[OnnxCheck], list[str]]:
+    """ONNX graph checks on CPU for each shape (float16 graphs for float16, float32 otherwise)."""
+    from .onnx_gemm import check_gemm_graph
+
+    graph_dtype = torch.float16 if dtype == torch.float16 else torch.float32
+    checks, notes = [], []
+    for si, (o, i) in enumerate(shapes):
+        if max_elements is not None and o * i > max_elements:
+            notes.append(f"ONNX check of {o}x{i} skipped (over {max_elements} weights; raise --onnx-max-elements)")
+            continue
+        w = random_2of4((o, i), graph_dtype, torch.device("cpu"), seed + si)
+        checks.append(check_gemm_graph(w, tokens, seed))
+    if dtype == torch.bfloat16:
+        notes.append("ONNX graphs for bfloat16 runs are float32 (numpy has no bfloat16); TensorRT builds them with BF16 allowed")
+    return checks, notes
+
+
+def run_gemm(shapes: list[Shape], tokens: list[int], dtype: torch.dtype, device: torch.device, *, source: str,
+             warmup: int, iters: int, seed: int = 0, kernel: str = "auto", onnx: bool = True,
+             onnx_max_elements: int | None = None, tensorrt: bool = True,
+             progress: Callable[[int, int], None] | None = None) -> GemmResult:
+    rows = probe_torch(shapes, tokens, dtype, device, warmup=warmup, iters=iters, seed=seed, kernel=kernel, progress=progress)
+    notes: list[str] = []
+    if tensorrt:
+        rows += probe_tensorrt(shapes, tokens, dtype, device, warmup=warmup, iters=iters, seed=seed)
+    checks: list[OnnxCheck] = []
+    if onnx:
+        if available("onnx") and available("onnxruntime"):
+            checks, n2 = onnx_checks(shapes, dtype, min(tokens), seed, onnx_max_elements)
+            notes += n2
+        else:
+            notes.append("ONNX checks skipped: pip install 'sparse_trt[onnx]'")
+    return GemmResult(device=str(device), source=source, rows=rows, onnx_checks=checks, notes=notes)
+
+
+def winners(result: GemmResult) -> list[tuple[GemmRow, str]]:
+    """Each timed row with a verdict: 'sparse wins', 'dense wins' or 'tie' (within 3%)."""
+    out = []
+    for r in result.rows:
+        if r.status != "ok" or r.speedup is None:
+            continue
+        verdict = "sparse wins" if r.speedup > 1.03 else "dense wins" if r.speedup < 0.97 else "tie"
+        out.append((r, verdict))
+    return out

@@ -1,0 +1,458 @@
+"""Render results JSON files into a Markdown report plus PNG plots, answering one question:
+
+    does this sparse model cut cost per useful token while keeping quality?
+
+Only the results files are read (no live measurement). The sparse side is flagged loudly whenever it
+ran no sparse kernels (hf backend, or an engine whose build_report says zero sparse layers), or when
+that could not be verified; a speedup is claimed only when measured with its spread clear of 1.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sparse_trt.core.atomic import atomic_write_text
+from sparse_trt.core.deps import require
+
+from .errors import ResultsError
+from .results import ComparePoint, Comparison, GemmResult, PointResult, ResultsFile, RunResult
+from .timing import Summary
+
+log = logging.getLogger(__name__)
+
+#: a throughput ratio counts as a win only when its p50 is above 1 + this and its minimum above 1
+WIN_MARGIN = 0.03
+
+
+@dataclass
+class Verdict:
+    sparse_label: str
+    dense_label: str
+    kernels: str  # "ran" | "did not run" | "unverified"
+    speed: str  # "faster" | "slower" | "inconclusive" | "not measured"
+    quality: str  # "kept" | "degraded" | "not measured"
+    best_cost_change: float | None  # e.g. -0.25 = 25 % cheaper per output token at the best point
+    ppl_ratio: float | None
+    answer: str  # one line
+    reasons: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ReportOutcome:
+    markdown: Path
+    plots: list[Path]
+    verdicts: list[Verdict]
+
+
+# ---------------------------------------------------------------------------------------------------
+def load_results(paths: list[Path]) -> list[ResultsFile]:
+    if not paths:
+        raise ResultsError("no results files given", fix="sparse-trt report results.json [...] -o REPORT_DIR")
+    files = [ResultsFile.load(Path(p)) for p in paths]
+    if not any(f.runs or f.gemm for f in files):
+        raise ResultsError(f"the results files {', '.join(map(str, paths))} hold no measured runs or GEMM rows",
+                           fix="re-run the benchmark; a run that failed before its first point has nothing to report")
+    return files
+
+
+def perplexity_of(q: dict[str, Any], key: str = "perplexity") -> float | None:
+    v = q.get(key)
+    if isinstance(v, dict):
+        v = v.get("perplexity")
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
+
+
+def cost_per_million(usd_per_hour: float, tokens_per_s: float) -> float | None:
+    if not tokens_per_s or not math.isfinite(tokens_per_s) or tokens_per_s <= 0:
+        return None
+    return usd_per_hour / 3600.0 / tokens_per_s * 1e6
+
+
+def kernels_state(run: RunResult) -> str:
+    a = run.sparse_kernels.active
+    return "ran" if a is True else "did not run" if a is False else "unverified"
+
+
+def _fmt(v: float | None, unit: str = "", digits: int = 3) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "–"
+    if unit == "ms":
+        return f"{v * 1e3:.{digits}g}"
+    return f"{v:.{digits}g}"
+
+
+def _gib(b: int | None) -> str:
+    return "–" if b is None else f"{b / 2**30:.3f}"
+
+
+def _ratio(s: Summary) -> str:
+    if s.empty:
+        return "–"
+    return f"{s.p50:.3f} (min {s.min:.3f}, max {s.max:.3f}, ±{s.std:.3f} sd, n={s.n})"
+
+
+def _speed_state(points: list[ComparePoint]) -> str:
+    r = [p.output_tokens_per_s_ratio for p in points if not p.output_tokens_per_s_ratio.empty]
+    if not r:
+        return "not measured"
+    if any(s.p50 > 1 + WIN_MARGIN and s.min > 1.0 for s in r):
+        return "faster"
+    if all(s.max < 1.0 for s in r):
+        return "slower"
+    return "inconclusive"
+
+
+def verdict(cmp: Comparison, dense: RunResult | None, sparse: RunResult | None, max_ppl_increase: float) -> Verdict:
+    reasons: list[str] = []
+    kern = kernels_state(sparse) if sparse else "unverified"
+    if sparse is not None and kern == "did not run":
+        reasons.append(f"sparse side '{sparse.label}' ran NO sparse kernels ({sparse.sparse_kernels.kind})")
+    elif kern == "unverified":
+        reasons.append("whether sparse kernels ran is not verified" +
+                       (f" ({sparse.sparse_kernels.kind})" if sparse else ""))
+    speed = _speed_state(cmp.points)
+    best = None
+    for p in cmp.points:
+        s = p.output_tokens_per_s_ratio
+        if not s.empty and s.min > 1.0 and s.p50 > 1 + WIN_MARGIN:
+            change = 1.0 / s.p50 - 1.0
+            best = change if best is None else min(best, change)
+    q_sparse = sparse.quality if sparse else {}
+    ppl_s = perplexity_of(q_sparse)
+    ppl_d = (perplexity_of(dense.quality) if dense else None) or perplexity_of(q_sparse, "dense_perplexity")
+    ppl_ratio = ppl_s / ppl_d if ppl_s and ppl_d else None
+    if ppl_ratio is None:
+        quality = "not measured"
+        reasons.append("perplexity of dense and/or sparse is missing: run `sparse-trt eval` on both (it records it in sparsity.json)")
+    elif ppl_ratio <= 1 + max_ppl_increase:
+        quality = "kept"
+    else:
+        quality = "degraded"
+        reasons.append(f"perplexity rose x{ppl_ratio:.3f}, above the allowed x{1 + max_ppl_increase:.3f}")
+    if kern == "did not run":
+        answer = "NO: the sparse side ran no sparse kernels, so it cannot cut cost; any timing difference is noise."
+    elif speed == "faster" and quality == "kept" and kern == "ran":
+        answer = f"YES: measured {-(best or 0) * 100:.0f}% lower cost per output token at the best point, perplexity x{ppl_ratio:.3f}."
+    elif speed == "faster" and quality == "not measured":
+        answer = "FASTER, QUALITY UNKNOWN: throughput gain measured, but no perplexity to show quality is kept."
+    elif speed == "faster" and kern == "unverified":
+        answer = "FASTER BUT UNVERIFIED: throughput gain measured, but it is not verified that sparse kernels ran."
+    elif speed == "faster":
+        answer = f"NO: faster, but quality is not kept (perplexity x{ppl_ratio:.3f})."
+    elif speed == "slower":
+        answer = "NO: the sparse model is slower at every measured point."
+    elif speed == "inconclusive":
+        answer = "NOT SHOWN: no point where the sparse model is faster beyond the measurement spread."
+    else:
+        answer = "NOT MEASURED: no paired throughput measurements."
+    return Verdict(cmp.sparse_label, cmp.dense_label, kern, speed, quality, best, ppl_ratio, answer, reasons)
+
+
+# ---------------------------------------------------------------------------------------------------
+@dataclass
+class _Collected:
+    runs: list[RunResult]
+    comparisons: list[tuple[Comparison, RunResult | None, RunResult | None]]
+    gemm: list[GemmResult]
+    files: list[ResultsFile]
+
+
+def _collect(files: list[ResultsFile]) -> _Collected:
+    runs: list[RunResult] = []
+    comps = []
+    gemm = []
+    used: set[str] = set()
+    for fi, f in enumerate(files):
+        rename: dict[str, str] = {}
+        for r in f.runs:
+            label = r.label
+            if label in used:
+                label = f"{r.label} [{fi + 1}]"
+            used.add(label)
+            rename[r.label] = label
+            runs.append(_relabel(r, label))
+        by = {r.label: r for r in runs}
+        for c in f.comparisons:
+            dl, sl = rename.get(c.dense_label, c.dense_label), rename.get(c.sparse_label, c.sparse_label)
+            comps.append((Comparison(dl, sl, c.points), by.get(dl), by.get(sl)))
+        if f.gemm is not None:
+            gemm.append(f.gemm)
+    return _Collected(runs, comps, gemm, files)
+
+
+def _relabel(r: RunResult, label: str) -> RunResult:
+    if r.label == label:
+        return r
+    from dataclasses import replace
+
+    return replace(r, label=label)
+
+
+def _banner(c: _Collected) -> list[str]:
+    lines = []
+    for r in c.runs:
+        sparse_claim = bool(r.pattern) or any(r.label == cmp.sparse_label for cmp, _, _ in c.comparisons)
+        if not sparse_claim:
+            continue
+        k = r.sparse_kernels
+        if k.active is False:
+            lines += [f"> ## ⚠️ NO SPARSE KERNELS RAN for `{r.label}` (backend `{r.backend}`)",
+                      f"> {k.kind}. {k.detail}".rstrip(),
+                      "> Its numbers measure dense kernels multiplying zeros: **no speedup can come from sparsity here.**", ">"]
+        elif k.active is None:
+            lines += [f"> ## ⚠️ SPARSE KERNELS NOT VERIFIED for `{r.label}` (backend `{r.backend}`)",
+                      f"> {k.kind}. {k.detail}".rstrip(),
+                      "> Treat any difference from dense as unexplained until a build report shows sparse layers.", ">"]
+    return lines[:-1] if lines else []
+
+
+def _point_rows(r: RunResult, usd: float) -> list[str]:
+    rows = []
+    for p in r.points:
+        w = p.workload
+        tps = p.output_tokens_per_s
+        mem = p.memory
+        dev_peak = mem.torch_peak_allocated_bytes if mem.torch_peak_allocated_bytes is not None else None
+        rows.append(
+            f"| {w.batch_size} | {w.input_len} | {w.output_len} | {w.concurrency} | {_fmt(p.ttft_s.p50, 'ms')} | "
+            f"{_fmt(p.tpot_s.p50, 'ms')} | {_fmt(p.e2e_s.p50, 'ms')} / {_fmt(p.e2e_s.p90, 'ms')} / {_fmt(p.e2e_s.p99, 'ms')} | "
+            f"{_fmt(tps.mean)} ± {_fmt(tps.std, digits=2)} | {_fmt(p.total_tokens_per_s.mean)} | {_fmt(p.requests_per_s.mean)} | "
+            f"{_gib(dev_peak)} | {_gib(mem.nvml_device_used_peak_bytes)} | {_gib(mem.host_peak_rss_bytes)} | "
+            f"{_fmt(cost_per_million(usd, tps.mean), digits=4)} |"
+        )
+    return rows
+
+
+def render_markdown(c: _Collected, usd: float, verdicts: list[Verdict], plots: list[Path], max_ppl_increase: float) -> str:
+    L: list[str] = ["# sparse_trt benchmark report", ""]
+    banner = _banner(c)
+    if banner:
+        L += banner + [""]
+    L += ["## Does the sparse model cut cost per useful token while keeping quality?", ""]
+    if verdicts:
+        for v in verdicts:
+            L.append(f"- **`{v.sparse_label}` vs `{v.dense_label}`: {v.answer}**")
+            L.append(f"  - sparse kernels: {v.kernels}; speed: {v.speed}; quality: {v.quality}"
+                     + (f" (perplexity x{v.ppl_ratio:.3f}, allowed x{1 + max_ppl_increase:.3f})" if v.ppl_ratio else ""))
+            for reason in v.reasons:
+                L.append(f"  - {reason}")
+    else:
+        L.append("No dense-vs-sparse comparison in these files (`sparse-trt bench compare` makes one); "
+                 "absolute numbers below are not a verdict.")
+    L.append("")
+    L.append(f"Cost per million output tokens assumes **${usd:g} per device-hour** and the measured mean output tokens/s "
+             "(one device fully used by this workload).")
+    L.append("")
+
+    # quality beside speed and memory
+    L += ["## Quality, speed and memory side by side", "",
+          "| run | backend | pattern | sparse kernels | perplexity | best output tok/s | weights GiB | $ / 1M output tokens (at best) |",
+          "|---|---|---|---|---|---|---|---|"]
+    for r in c.runs:
+        best = max(r.points, key=lambda p: p.output_tokens_per_s.mean if p.output_tokens_per_s.n else -1, default=None)
+        tps = best.output_tokens_per_s.mean if best else None
+        ppl = perplexity_of(r.quality)
+        if ppl is None and not r.pattern:
+            for _cmp, d, s in c.comparisons:
+                if d is r and s is not None:
+                    ppl = perplexity_of(s.quality, "dense_perplexity")
+        k = r.sparse_kernels
+        ks = {True: f"yes ({k.sparse_layers}/{k.eligible_layers} layers)", False: "**NO**", None: "**unverified**"}[k.active]
+        wb = best.memory.weights_bytes if best else None
+        L.append(f"| {r.label} | {r.backend} | {r.pattern or 'dense'} | {ks} | {_fmt(ppl, digits=4)} | {_fmt(tps)} | "
+                 f"{_gib(wb)} | {_fmt(cost_per_million(usd, tps) if tps else None, digits=4)} |")
+    L.append("")
+
+    if c.comparisons:
+        L += ["## Speedup dense → sparse (paired, alternating iterations)", "",
+              "Ratios are per iteration pair (dense and sparse run back to back, order alternating): p50 with min/max and "
+              "standard deviation. Speedup = dense time / sparse time; throughput ratio = sparse / dense. >1 favours sparse.", ""]
+        for cmp, _d, _s in c.comparisons:
+            L += [f"### `{cmp.sparse_label}` vs `{cmp.dense_label}`", "",
+                  "| workload | output tok/s ratio | e2e speedup | TTFT speedup | TPOT speedup | cost change |", "|---|---|---|---|---|---|"]
+            for p in cmp.points:
+                s = p.output_tokens_per_s_ratio
+                change = "–" if s.empty else f"{(1 / s.p50 - 1) * 100:+.1f}%"
+                L.append(f"| {p.workload.key} | {_ratio(s)} | {_ratio(p.e2e_speedup)} | {_ratio(p.ttft_speedup)} | "
+                         f"{_ratio(p.tpot_speedup)} | {change} |")
+            L.append("")
+
+    for r in c.runs:
+        L += [f"## Run `{r.label}`", "",
+              f"backend `{r.backend}`, model `{r.model}`, device `{r.device}`, dtype `{r.dtype}`, status **{r.status}**"
+              + (f" — error: {r.error}" if r.error else ""), "",
+              f"sparse kernels: **{ {True: 'yes', False: 'NO', None: 'unverified'}[r.sparse_kernels.active] }** — "
+              f"{r.sparse_kernels.kind}" + (f"; {r.sparse_kernels.detail}" if r.sparse_kernels.detail else ""), ""]
+        if r.build_report is not None:
+            L += ["build_report.json: " + ", ".join(f"`{k}`" for k in sorted(r.build_report)[:15]), ""]
+        L += ["| batch | input | output | conc. | TTFT p50 ms | TPOT p50 ms | e2e p50/p90/p99 ms | output tok/s | total tok/s | "
+              "req/s | torch peak GiB | NVML device peak GiB | host peak RSS GiB | $ / 1M out |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        L += _point_rows(r, usd)
+        notes = sorted({n for p in r.points for n in p.memory.notes})
+        if notes:
+            L += ["", "Memory notes: " + "; ".join(notes)]
+        L.append("")
+
+    for g in c.gemm:
+        L += [f"## GEMM probe ({g.source}, device {g.device})", "",
+              "| shape (out×in) | tokens | dtype | engine | dense p50 µs | 2:4 p50 µs | speedup | verdict / status |",
+              "|---|---|---|---|---|---|---|---|"]
+        for row in g.rows:
+            if row.status == "ok" and row.speedup is not None:
+                verdict_s = "sparse wins" if row.speedup > 1 + WIN_MARGIN else "dense wins" if row.speedup < 1 - WIN_MARGIN else "tie"
+                L.append(f"| {row.shape[0]}×{row.shape[1]} | {row.tokens} | {row.dtype} | {row.engine} | "
+                         f"{row.dense_s.p50 * 1e6:.1f} | {row.sparse_s.p50 * 1e6:.1f} | {row.speedup:.3f} | {verdict_s} |")
+            else:
+                L.append(f"| {row.shape[0]}×{row.shape[1]} | {row.tokens} | {row.dtype} | {row.engine} | – | – | – | {row.status} |")
+        if g.onnx_checks:
+            L += ["", "ONNX one-layer graphs (real 2:4 weights) checked on CPU:", "",
+                  "| shape | dtype | checker | ORT max abs err | tolerance | zeros | passed |", "|---|---|---|---|---|---|---|"]
+            for oc in g.onnx_checks:
+                L.append(f"| {oc.shape[0]}×{oc.shape[1]} | {oc.dtype} | {oc.checker} | {_fmt(oc.onnxruntime_max_abs_err)} | "
+                         f"{_fmt(oc.tolerance)} | {oc.sparse_fraction:.2f} | {'yes' if oc.passed else '**NO**'} |")
+        for n in g.notes:
+            L.append(f"- {n}")
+        L.append("")
+
+    if plots:
+        L += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots] + [""]
+    L += ["## Environment", ""]
+    for i, f in enumerate(c.files):
+        e = f.environment
+        L.append(f"- file {i + 1} ({f.kind}): {e.timestamp}, host `{e.hostname}`, CPU {e.cpu} ×{e.cpu_count}, "
+                 f"GPU {e.gpu_name or 'none'} (driver {e.gpu_driver or '–'}, CUDA {e.cuda or '–'}, NVML {e.nvml}), "
+                 f"torch {e.versions.get('torch')}, transformers {e.versions.get('transformers')}, "
+                 f"TensorRT-LLM {e.versions.get('tensorrt_llm') or '–'}, sparse_trt {e.versions.get('sparse_trt')} "
+                 f"@ {e.git_commit or '–'}")
+        L.append(f"  - command: `{' '.join(e.command_line)}`")
+    return "\n".join(L) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------------
+def _plots(c: _Collected, out: Path) -> list[Path]:
+    mpl = require("matplotlib", "PNG plots in reports")
+    mpl.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths: list[Path] = []
+
+    def save(fig, name: str) -> None:
+        p = out / name
+        fig.tight_layout()
+        fig.savefig(p, dpi=110)
+        plt.close(fig)
+        paths.append(p)
+
+    runs = [r for r in c.runs if r.points]
+    if runs:
+        # tokens/s vs batch, one line per run and (input, output, concurrency)
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for r in runs:
+            groups: dict[tuple[int, int, int], list[PointResult]] = {}
+            for p in r.points:
+                groups.setdefault((p.workload.input_len, p.workload.output_len, p.workload.concurrency), []).append(p)
+            for (i, o, cc), pts in groups.items():
+                pts = sorted(pts, key=lambda p: p.workload.batch_size)
+                ax.errorbar([p.workload.batch_size for p in pts], [p.output_tokens_per_s.mean for p in pts],
+                            yerr=[p.output_tokens_per_s.std for p in pts], marker="o", capsize=3,
+                            label=f"{r.label} in{i} out{o} c{cc}" + ("" if r.sparse_kernels.active is not False or not r.pattern else " (NO sparse kernels)"))
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("batch size")
+        ax.set_ylabel("output tokens/s (mean ± sd)")
+        ax.set_title("Throughput vs batch size")
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+        save(fig, "tokens_per_s_vs_batch.png")
+
+        # TTFT and TPOT by workload
+        keys = []
+        for r in runs:
+            for p in r.points:
+                if p.workload.key not in keys:
+                    keys.append(p.workload.key)
+        fig, axes = plt.subplots(1, 2, figsize=(max(8, 1.2 * len(keys) + 4), 4.5))
+        width = 0.8 / len(runs)
+        for metric, ax, title in (("ttft_s", axes[0], "TTFT p50 (ms)"), ("tpot_s", axes[1], "TPOT p50 (ms)")):
+            for j, r in enumerate(runs):
+                by = {p.workload.key: getattr(p, metric) for p in r.points}
+                xs = [k + j * width for k in range(len(keys))]
+                ys = [by[k].p50 * 1e3 if k in by and not by[k].empty else 0.0 for k in keys]
+                err = [[(by[k].p50 - by[k].min) * 1e3 if k in by and not by[k].empty else 0 for k in keys],
+                       [(by[k].p90 - by[k].p50) * 1e3 if k in by and not by[k].empty else 0 for k in keys]]
+                ax.bar(xs, ys, width, yerr=err, capsize=2, label=r.label)
+            ax.set_xticks([k + width * (len(runs) - 1) / 2 for k in range(len(keys))])
+            ax.set_xticklabels(keys, rotation=30, ha="right", fontsize=7)
+            ax.set_title(title + ", whiskers min..p90")
+            ax.legend(fontsize=7)
+        save(fig, "ttft_tpot_by_workload.png")
+
+        # memory bars
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        fields = [("weights", lambda m: m.weights_bytes), ("torch peak", lambda m: m.torch_peak_allocated_bytes),
+                  ("NVML process peak", lambda m: m.nvml_process_used_peak_bytes), ("host peak RSS", lambda m: m.host_peak_rss_bytes)]
+        width = 0.8 / len(fields)
+        for j, (name, fn) in enumerate(fields):
+            vals = []
+            for r in runs:
+                xs = [fn(p.memory) for p in r.points if fn(p.memory) is not None]
+                vals.append(max(xs) / 2**30 if xs else 0.0)
+            ax.bar([k + j * width for k in range(len(runs))], vals, width, label=name)
+        ax.set_xticks([k + width * (len(fields) - 1) / 2 for k in range(len(runs))])
+        ax.set_xticklabels([r.label for r in runs], fontsize=8)
+        ax.set_ylabel("GiB (max over workload points; 0 = not measured)")
+        ax.set_title("Memory")
+        ax.legend(fontsize=7)
+        save(fig, "memory.png")
+
+    if c.comparisons:
+        fig, ax = plt.subplots(figsize=(max(7, 1.0 * max(len(cm.points) for cm, _, _ in c.comparisons) + 4), 4.5))
+        n = len(c.comparisons)
+        width = 0.8 / n
+        for j, (cmp, _d, s) in enumerate(c.comparisons):
+            ys = [p.output_tokens_per_s_ratio.p50 for p in cmp.points]
+            lo = [p.output_tokens_per_s_ratio.p50 - p.output_tokens_per_s_ratio.min for p in cmp.points]
+            hi = [p.output_tokens_per_s_ratio.max - p.output_tokens_per_s_ratio.p50 for p in cmp.points]
+            flag = "" if s is None or s.sparse_kernels.active else " (NO/unverified sparse kernels)"
+            ax.bar([k + j * width for k in range(len(cmp.points))], ys, width, yerr=[lo, hi], capsize=3,
+                   label=f"{cmp.sparse_label} / {cmp.dense_label}{flag}")
+            ax.set_xticks(range(len(cmp.points)))
+            ax.set_xticklabels([p.workload.key for p in cmp.points], rotation=30, ha="right", fontsize=7)
+        ax.axhline(1.0, color="k", lw=1)
+        ax.set_ylabel("output tokens/s ratio, sparse / dense (p50, whiskers min..max)")
+        ax.set_title("Speedup dense → sparse")
+        ax.legend(fontsize=7)
+        save(fig, "speedup.png")
+
+    gem = [(g, r) for g in c.gemm for r in g.rows if r.status == "ok" and r.speedup is not None]
+    if gem:
+        fig, ax = plt.subplots(figsize=(max(7, 0.35 * len(gem) + 3), 4.5))
+        labels = [f"{r.engine} {r.shape[0]}x{r.shape[1]} t{r.tokens} {r.dtype}" for _, r in gem]
+        ax.bar(range(len(gem)), [r.speedup for _, r in gem])
+        ax.axhline(1.0, color="k", lw=1)
+        ax.set_xticks(range(len(gem)))
+        ax.set_xticklabels(labels, rotation=60, ha="right", fontsize=6)
+        ax.set_ylabel("GEMM speedup, dense p50 / 2:4 p50")
+        ax.set_title("GEMM probe")
+        save(fig, "gemm_speedup.png")
+    return paths
+
+
+def build_report(paths: list[Path], out_dir: Path, *, gpu_hour_usd: float, max_ppl_increase: float = 0.05,
+                 plots: bool = True) -> ReportOutcome:
+    if gpu_hour_usd <= 0 or not math.isfinite(gpu_hour_usd):
+        raise ResultsError(f"--gpu-hour-usd {gpu_hour_usd} must be a positive price", fix="e.g. --gpu-hour-usd 2.5")
+    files = load_results(paths)
+    c = _collect(files)
+    verdicts = [verdict(cmp, d, s, max_ppl_increase) for cmp, d, s in c.comparisons]
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pngs = _plots(c, out_dir) if plots else []
+    md = render_markdown(c, gpu_hour_usd, verdicts, pngs, max_ppl_increase)
+    mdp = out_dir / "report.md"
+    atomic_write_text(mdp, md)
+    return ReportOutcome(mdp, pngs, verdicts)
