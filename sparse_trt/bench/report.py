@@ -86,7 +86,10 @@ def _fmt(v: float | None, unit: str = "", digits: int = 3) -> str:
 
 
 def _gib(b: int | None) -> str:
-    return "–" if b is None else f"{b / 2**30:.3f}"
+    """Bytes in GiB, or MiB for small values (tiny models), with the unit."""
+    if b is None:
+        return "–"
+    return f"{b / 2**30:.3f} GiB" if b >= 2**30 else f"{b / 2**20:.2f} MiB"
 
 
 def _ratio(s: Summary) -> str:
@@ -250,7 +253,7 @@ def render_markdown(c: _Collected, usd: float, verdicts: list[Verdict], plots: l
 
     # quality beside speed and memory
     L += ["## Quality, speed and memory side by side", "",
-          "| run | backend | pattern | sparse kernels | perplexity | best output tok/s | weights GiB | $ / 1M output tokens (at best) |",
+          "| run | backend | pattern | sparse kernels | perplexity | best output tok/s | weights | $ / 1M output tokens (at best) |",
           "|---|---|---|---|---|---|---|---|"]
     for r in c.runs:
         best = max(r.points, key=lambda p: p.output_tokens_per_s.mean if p.output_tokens_per_s.n else -1, default=None)
@@ -261,7 +264,10 @@ def render_markdown(c: _Collected, usd: float, verdicts: list[Verdict], plots: l
                 if d is r and s is not None:
                     ppl = perplexity_of(s.quality, "dense_perplexity")
         k = r.sparse_kernels
+        sparse_claim = bool(r.pattern) or any(r.label == cmp.sparse_label for cmp, _, _ in c.comparisons)
         ks = {True: f"yes ({k.sparse_layers}/{k.eligible_layers} layers)", False: "**NO**", None: "**unverified**"}[k.active]
+        if not sparse_claim and k.active is not True:
+            ks = "dense baseline"
         wb = best.memory.weights_bytes if best else None
         L.append(f"| {r.label} | {r.backend} | {r.pattern or 'dense'} | {ks} | {_fmt(ppl, digits=4)} | {_fmt(tps)} | "
                  f"{_gib(wb)} | {_fmt(cost_per_million(usd, tps) if tps else None, digits=4)} |")
@@ -271,12 +277,17 @@ def render_markdown(c: _Collected, usd: float, verdicts: list[Verdict], plots: l
         L += ["## Speedup dense → sparse (paired, alternating iterations)", "",
               "Ratios are per iteration pair (dense and sparse run back to back, order alternating): p50 with min/max and "
               "standard deviation. Speedup = dense time / sparse time; throughput ratio = sparse / dense. >1 favours sparse.", ""]
-        for cmp, _d, _s in c.comparisons:
-            L += [f"### `{cmp.sparse_label}` vs `{cmp.dense_label}`", "",
+        for cmp, _d, s_run in c.comparisons:
+            no_kernels = s_run is None or s_run.sparse_kernels.active is not True
+            L += [f"### `{cmp.sparse_label}` vs `{cmp.dense_label}`", ""]
+            if no_kernels:
+                L += ["**Sparse kernels did not run (or are unverified) on the sparse side: these ratios are not a sparsity "
+                      "speedup, only the spread of two runs of dense kernels.**", ""]
+            L += [
                   "| workload | output tok/s ratio | e2e speedup | TTFT speedup | TPOT speedup | cost change |", "|---|---|---|---|---|---|"]
             for p in cmp.points:
                 s = p.output_tokens_per_s_ratio
-                change = "–" if s.empty else f"{(1 / s.p50 - 1) * 100:+.1f}%"
+                change = "–" if s.empty else f"{(1 / s.p50 - 1) * 100:+.1f}%" + (" (not from sparsity)" if no_kernels else "")
                 L.append(f"| {p.workload.key} | {_ratio(s)} | {_ratio(p.e2e_speedup)} | {_ratio(p.ttft_speedup)} | "
                          f"{_ratio(p.tpot_speedup)} | {change} |")
             L.append("")
@@ -290,7 +301,7 @@ def render_markdown(c: _Collected, usd: float, verdicts: list[Verdict], plots: l
         if r.build_report is not None:
             L += ["build_report.json: " + ", ".join(f"`{k}`" for k in sorted(r.build_report)[:15]), ""]
         L += ["| batch | input | output | conc. | TTFT p50 ms | TPOT p50 ms | e2e p50/p90/p99 ms | output tok/s | total tok/s | "
-              "req/s | torch peak GiB | NVML device peak GiB | host peak RSS GiB | $ / 1M out |",
+              "req/s | torch peak | NVML device peak | host peak RSS | $ / 1M out |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         L += _point_rows(r, usd)
         notes = sorted({n for p in r.points for n in p.memory.notes})

@@ -17,9 +17,9 @@ from ..results import SparseKernels
 from ..workload import Limits
 
 BUILD_REPORT = "build_report.json"
-_SPARSE_KEYS = ("sparse_layers", "layers_with_sparse_kernels", "sparse_kernel_layers", "num_sparse_layers",
+_SPARSE_KEYS = ("picked_count", "picked_linears", "picked_layers", "sparse_layers", "layers_with_sparse_kernels", "sparse_kernel_layers", "num_sparse_layers",
                 "n_sparse_layers", "sparse")
-_ELIGIBLE_KEYS = ("eligible_layers", "num_eligible_layers", "n_eligible_layers", "eligible")
+_ELIGIBLE_KEYS = ("eligible_count", "eligible_linears", "eligible_layers", "num_eligible_layers", "n_eligible_layers", "eligible")
 
 
 def check_engine_dir(path: str) -> Path:
@@ -111,13 +111,23 @@ def sparse_kernels_from_report(report: dict[str, Any] | None, where: str) -> Spa
         return SparseKernels(None, "unknown: build_report.json unreadable", detail=str(report["_unreadable"]))
     sparse = _find(report, _SPARSE_KEYS)
     eligible = _find(report, _ELIGIBLE_KEYS)
+    diagnosis = report.get("diagnosis")
+    why = "; ".join(str(d) for d in diagnosis) if isinstance(diagnosis, list) and diagnosis else ""
+    if report.get("mode") == "dense":
+        return SparseKernels(False, "none: dense engine (built without weight sparsity)", eligible, 0,
+                             detail="dense baseline engine")
+    sp = report.get("sparsity")
+    if isinstance(sp, dict) and sp.get("sparsity_lines_found") is False and not sparse:
+        return SparseKernels(None, "unknown: the build log has no TensorRT (Sparsity) lines", eligible, sparse,
+                             detail=why or "cannot tell whether sparse tactics were picked")
     if sparse is None:
         return SparseKernels(None, "unknown: build_report.json has no sparse layer count", eligible_layers=eligible,
                              detail=f"keys: {sorted(report)[:20]}")
     if sparse == 0:
         return SparseKernels(False, "none: TensorRT chose no sparse tactics for any layer", eligible, 0,
-                             detail="the engine runs dense kernels; any difference from dense is not from sparsity")
-    return SparseKernels(True, "TensorRT sparse tactics (build_report.json)", eligible, sparse)
+                             detail=why or "the engine runs dense kernels; any difference from dense is not from sparsity")
+    return SparseKernels(True, "TensorRT sparse tactics (build_report.json)", eligible, sparse,
+                         detail=f"{sparse} of {eligible if eligible is not None else '?'} eligible TensorRT layers picked sparse tactics")
 
 
 def manifest_quality(*candidates: Path) -> tuple[str | None, dict[str, Any]]:
