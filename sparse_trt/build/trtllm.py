@@ -12,6 +12,7 @@ import importlib.metadata
 import json
 import logging
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -106,6 +107,11 @@ def check_trtllm() -> str:
 
 
 def builder_command() -> list[str]:
+    """``trtllm-build`` of the installed TensorRT-LLM 1.2.x; ``$SPARSE_TRT_TRTLLM_BUILD`` overrides it (a wrapper
+    script, or a stand-in in tests) and skips the version check."""
+    override = os.environ.get("SPARSE_TRT_TRTLLM_BUILD")
+    if override:
+        return shlex.split(override)
     check_trtllm()
     exe = shutil.which("trtllm-build")
     return [exe] if exe else [sys.executable, "-m", "tensorrt_llm.commands.build"]
