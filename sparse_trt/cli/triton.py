@@ -123,8 +123,7 @@ def register(app: typer.Typer) -> None:
         if host not in LOOPBACK:
             console.print(f"[yellow]warning:[/] listening on {host}: the server has no authentication; "
                           "anyone who can reach this address can use it")
-        install = find_tritonserver(tritonserver)
-        console.print(f"tritonserver: {install.binary} ({install.source})")
+        install = find_tritonserver(tritonserver) if tritonserver else None  # else: found in start()
         srv = TritonServer(repos, host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
                            install=install, log_file=log_file, log_verbose=log_verbose, exit_timeout_s=exit_timeout,
                            on_log_line=(lambda ln: console.print(ln, markup=False, highlight=False)) if show_log else None)
@@ -139,6 +138,7 @@ def register(app: typer.Typer) -> None:
         try:
             with console.status("starting tritonserver (loading models)..."):
                 srv.start(timeout_s=startup_timeout)
+            console.print(f"tritonserver: {srv.install.binary} ({srv.install.source})", highlight=False)
             console.print(f"[green]ready[/]: models {', '.join(srv.models_ready) or '?'}\n"
                           f"  HTTP  http://{srv.http_url}  (POST /v2/models/<model>/generate, generate_stream)\n"
                           f"  gRPC  {srv.grpc_url}\n  metrics http://{srv._client_host}:{metrics_port}/metrics\n"
