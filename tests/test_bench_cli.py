@@ -1,0 +1,83 @@
+"""CLI end to end on CPU: bench run/compare/gemm/synth and report, with bad-input exit codes."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from sparse_trt.bench.results import ResultsFile
+from sparse_trt.cli.main import app
+
+runner = CliRunner()
+def text(r) -> str:
+    """CLI output with rich's line wrapping undone."""
+    return " ".join(r.output.split())
+
+
+SMALL = ["--batch-sizes", "1", "--input-lens", "8", "--output-lens", "3", "--warmup", "1", "--iters", "2", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory, tiny_dirs):
+    import tiny
+
+    cfg = tmp_path_factory.mktemp("cfg") / "config.json"
+    cfg.write_text(tiny.config("llama").to_json_string())
+    out = tmp_path_factory.mktemp("synth") / "pair"
+    r = runner.invoke(app, ["bench", "synth", str(out), "--config", str(cfg), "--dtype", "float32", "--layers", "1"])
+    assert r.exit_code == 0, r.output
+    return out / "dense", out / "sparse-2of4"
+
+
+def test_compare_then_report(tmp_path, pair):
+    dense, sparse = pair
+    res = tmp_path / "cmp.json"
+    r = runner.invoke(app, ["bench", "compare", str(dense), str(sparse), "-o", str(res), *SMALL])
+    assert r.exit_code == 0, r.output
+    assert "NO SPARSE KERNELS RAN" in text(r)
+    f = ResultsFile.load(res)
+    assert f.kind == "compare" and [x.label for x in f.runs] == ["dense", "sparse"]
+    assert f.comparisons[0].points[0].order == ["dense", "sparse"]
+    assert f.runs[1].pattern == "2:4" and f.runs[1].sparse_kernels.eligible_layers == 7
+    r = runner.invoke(app, ["bench", "compare", str(dense), str(sparse), "-o", str(res), *SMALL])
+    assert r.exit_code == 2 and "already exists" in text(r)
+    r = runner.invoke(app, ["report", str(res), "-o", str(tmp_path / "rep"), "--gpu-hour-usd", "3"])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "rep" / "report.md").is_file() and (tmp_path / "rep" / "speedup.png").is_file()
+
+
+def test_run_and_bad_inputs(tmp_path, pair):
+    dense, _ = pair
+    res = tmp_path / "run.json"
+    r = runner.invoke(app, ["bench", "run", str(dense), "-o", str(res), "--label", "d", *SMALL])
+    assert r.exit_code == 0, r.output
+    assert json.loads(res.read_text())["runs"][0]["label"] == "d"
+    r = runner.invoke(app, ["bench", "run", str(dense), "-o", str(tmp_path / "x.json"), "--backend", "torch-2of4", *SMALL])
+    assert r.exit_code == 7 and "CUDA" in text(r)
+    r = runner.invoke(app, ["bench", "run", str(dense), "-o", str(tmp_path / "x.json"), *SMALL[:2], "--input-lens", "250",
+                            "--output-lens", "10", "--device", "cpu"])
+    assert r.exit_code == 2 and "max_position_embeddings" in text(r)
+    r = runner.invoke(app, ["bench", "run", str(tmp_path / "nope"), "-o", str(tmp_path / "x.json"), *SMALL])
+    assert r.exit_code == 2 and "does not exist" in text(r)
+    r = runner.invoke(app, ["bench", "run", str(dense), "-o", str(tmp_path / "x.json"), "--backend", "trtllm", *SMALL])
+    assert r.exit_code == 2 and "not a TensorRT-LLM engine" in text(r)
+    r = runner.invoke(app, ["bench", "run", str(dense), "-o", str(tmp_path / "x.json"), "--backend", "warp", *SMALL])
+    assert r.exit_code == 2 and "unknown backend" in text(r)
+    assert not (tmp_path / "x.json").exists()
+    (tmp_path / "empty.json").write_text("")
+    r = runner.invoke(app, ["report", str(tmp_path / "empty.json"), "-o", str(tmp_path / "rep")])
+    assert r.exit_code == 2 and "empty" in text(r)
+
+
+def test_gemm_cli_shapes_on_cpu(tmp_path):
+    out = tmp_path / "gemm.json"
+    r = runner.invoke(app, ["bench", "gemm", "--shapes", "64x128,128x64", "--tokens", "1,4", "--device", "cpu",
+                            "--iters", "2", "--warmup", "1", "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "not available" in text(r) and "no GEMM was timed" in text(r)
+    g = ResultsFile.load(out).gemm
+    assert all(row.speedup is None for row in g.rows) and len(g.onnx_checks) == 2
+    r = runner.invoke(app, ["bench", "gemm", "-o", str(tmp_path / "g2.json")])
+    assert r.exit_code == 2 and "either a MODEL or --shapes" in text(r)
+    r = runner.invoke(app, ["report", str(out), "-o", str(tmp_path / "rep"), "--no-plots"])
+    assert r.exit_code == 0 and "GEMM probe" in (tmp_path / "rep" / "report.md").read_text()

@@ -1,0 +1,73 @@
+"""GEMM probe shapes, CPU 'not available' rows, ONNX 2:4 graphs vs torch, synthetic models."""
+
+import numpy as np
+import pytest
+import torch
+
+from sparse_trt.bench.gemm_probe import model_shapes, parse_shapes, random_2of4, run_gemm
+from sparse_trt.bench.synth import build_from_config, load_config_dict, mask_2of4_, synth_pair
+from sparse_trt.core.errors import InputError
+from sparse_trt.core.manifest import Manifest
+
+
+def test_parse_shapes():
+    assert parse_shapes("4096x4096, 11008x4096,4096X11008,14336×4096,4096x4096") == [
+        (4096, 4096), (11008, 4096), (4096, 11008), (14336, 4096)]
+    for bad in ("", "4096", "4096x0", "8x6"):
+        with pytest.raises(InputError):
+            parse_shapes(bad)
+
+
+def test_model_shapes_from_tiny(tiny_dirs):
+    shapes = model_shapes(str(tiny_dirs("llama")))
+    assert set(shapes) == {(64, 64), (32, 64), (128, 64), (64, 128)}  # q/o, k/v (2 kv heads), gate/up, down
+
+
+def test_cpu_rows_are_labelled_not_faked():
+    res = run_gemm([(32, 64)], [1, 8], torch.float16, torch.device("cpu"), source="--shapes", warmup=1, iters=2)
+    assert len(res.rows) == 4  # torch + tensorrt rows, 2 token counts each
+    for r in res.rows:
+        assert r.status.startswith("not available") and r.dense_s is None and r.sparse_s is None and r.speedup is None
+    assert res.onnx_checks and all(c.passed for c in res.onnx_checks)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_onnx_graph_carries_2of4_and_matches_torch(dtype):
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    import onnx
+
+    from sparse_trt.bench.onnx_gemm import check_gemm_graph, gemm_graph, initializer, is_2of4_along_k
+
+    w = random_2of4((48, 64), dtype, torch.device("cpu"), seed=3)
+    m = gemm_graph(w.numpy())
+    onnx.checker.check_model(m)
+    wt = initializer(m)
+    assert wt.shape == (64, 48) and is_2of4_along_k(wt) and (wt == 0).mean() == pytest.approx(0.5)
+    assert np.array_equal(wt, w.numpy().T)
+    c = check_gemm_graph(w, tokens=5)
+    assert c.checker == "ok" and c.passed and c.onnxruntime_max_abs_err <= c.tolerance
+    dense = torch.randn(48, 64).to(dtype)
+    assert not check_gemm_graph(dense, tokens=5).passed  # not 2:4 -> not passed
+
+
+def test_mask_2of4():
+    w = torch.arange(1, 17, dtype=torch.float32).reshape(2, 8) * torch.tensor([1, -1, 1, -1, 1, 1, -1, 1.0])
+    mask_2of4_(w)
+    assert ((w.reshape(2, 2, 4) != 0).sum(-1) == 2).all()
+    assert w[0, :4].tolist() == [0, 0, 3, -4]
+
+
+def test_build_from_config_and_pair(tmp_path):
+    import tiny
+
+    cfg = tiny.config("llama").to_dict()
+    m = build_from_config(cfg, dtype=torch.float32, seed=0, num_layers=1)
+    assert m.config.num_hidden_layers == 1 and m.config.hidden_size == 64
+    assert load_config_dict("llama-7b")["intermediate_size"] == 11008
+    with pytest.raises(InputError):
+        load_config_dict(tmp_path / "none.json")
+    pair = synth_pair(cfg, tmp_path / "syn", dtype=torch.float32, seed=0, num_layers=1)
+    man = Manifest.load(pair.sparse_dir)
+    assert man.pattern == "2:4" and len(man.layers) == 7 and all(abs(r.sparsity - 0.5) < 1e-6 for r in man.layers)
+    assert (pair.dense_dir / "config.json").is_file()
