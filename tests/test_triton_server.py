@@ -267,3 +267,22 @@ def _has_started(srv: TritonServer) -> bool:
         return any(m.get("execution_count", 0) > 0 for m in stats.get("model_stats", []))
     except Exception:  # noqa: BLE001
         return False
+
+
+def test_bench_triton_backend_text_interface(server, llama):
+    """The benchmark's triton backend drives both models on the one server through our text interface."""
+    bench = pytest.importorskip("sparse_trt.bench.backends", reason="bench package not present")
+    import torch
+
+    for model in ("ensemble", "trt"):
+        spec = bench.BackendSpec(model=model, device=torch.device("cpu"),
+                                 options={"url": server.grpc_url, "interface": "text", "tokenizer": str(llama)})
+        b = bench.create_backend("triton", spec)
+        try:
+            b.load()
+            assert b.vocab_size() > 100
+            timings = b.generate(bench.GenerationRequest(prompts=[[40, 41, 42, 43], [50, 51, 52]], max_new_tokens=6))
+            assert [t.output_tokens for t in timings] == [6, 6]
+            assert all(t.start <= t.first_token <= t.end and len(t.token_times) == 6 for t in timings)
+        finally:
+            b.close()

@@ -11,7 +11,8 @@ works (e.g. a PyTorch python-backend model); otherwise subclass :class:`TritonBa
 whether sparse kernels ran is *unknown*), ``vocab_size`` (prompt ids are drawn below it; default:
 the engine's, else 1000), ``end_id`` (default -1: never stop early), ``timeout_s`` (default 600),
 ``input_ids``/``input_lengths``/``request_output_len``/``streaming``/``end_id_name``/``output_ids``
-(tensor names).
+(tensor names). ``interface=text`` (+ ``tokenizer=DIR``): call the text entry model of a repository
+written by ``sparse-trt triton repo`` instead (see ``sparse_trt.serve.triton.bench_adapter``).
 """
 
 from __future__ import annotations
@@ -99,6 +100,7 @@ class TritonBackend(Backend):
         self._streams: list[_Stream] = []
         self._streams_lock = threading.Lock()
         self._counter = 0
+        self._text = None  # sparse_trt.serve.triton.bench_adapter.TextInterface with --opt interface=text
 
     def limits(self) -> Limits:
         if self.cfg:
@@ -107,6 +109,10 @@ class TritonBackend(Backend):
 
     def load(self) -> None:
         self._grpc = require("tritonclient.grpc", "benchmarking a Triton server")
+        if self.spec.options.get("interface", "tokens") == "text":
+            from sparse_trt.serve.triton.bench_adapter import TextInterface
+
+            self._text = TextInterface(self.spec.options)
         client = self._grpc.InferenceServerClient(url=self.url)
         try:
             live = client.is_server_live()
@@ -123,10 +129,14 @@ class TritonBackend(Backend):
     def vocab_size(self) -> int:
         if "vocab_size" in self.spec.options:
             return int(self.spec.options["vocab_size"])
+        if self._text is not None:
+            return self._text.vocab_size
         return engine_vocab(self.cfg) or 1000
 
     # -- request building: override for other model interfaces -------------------------------------
     def build_inputs(self, prompt: list[int], max_new_tokens: int) -> list[Any]:
+        if self._text is not None:
+            return self._text.build_inputs(self._grpc, prompt, max_new_tokens)
         g = self._grpc
         n = self.names
         arrays = [
@@ -145,6 +155,8 @@ class TritonBackend(Backend):
 
     def tokens_in(self, result) -> int:
         """How many new tokens one streamed response carries."""
+        if self._text is not None:
+            return self._text.tokens_in(result)
         arr = result.as_numpy(self.names["output_ids"])
         return 0 if arr is None else int(arr.shape[-1])
 
