@@ -71,3 +71,29 @@ def test_build_from_config_and_pair(tmp_path):
     man = Manifest.load(pair.sparse_dir)
     assert man.pattern == "2:4" and len(man.layers) == 7 and all(abs(r.sparsity - 0.5) < 1e-6 for r in man.layers)
     assert (pair.dense_dir / "config.json").is_file()
+
+
+def test_gpu_check_script_inputs_are_valid():
+    """benchmarks/gpu_check.sh: its shapes parse, its preset exists, its CLI options exist."""
+    import re
+    import subprocess
+    from pathlib import Path
+
+    from sparse_trt.bench.synth import PRESETS
+
+    script = Path(__file__).parent.parent / "benchmarks" / "gpu_check.sh"
+    text = script.read_text()
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    shapes = re.search(r"^SHAPES=(\S+)$", text, re.M).group(1)
+    assert parse_shapes(shapes) == [(4096, 4096), (4096, 11008), (11008, 4096), (14336, 4096)]
+    assert re.search(r"--config (\S+)", text).group(1) in PRESETS
+    from typer.testing import CliRunner
+
+    from sparse_trt.cli.main import app
+
+    for cmd in ("gemm", "compare", "synth"):
+        help_text = " ".join(CliRunner().invoke(app, ["bench", cmd, "--help"], env={"COLUMNS": "200"}).output.split())
+        opts = set(re.findall(r"bench " + cmd + r" .*", text.replace("\\\n", " ")))
+        for line in opts:
+            for opt in re.findall(r"(--[a-z][a-z0-9-]+)", line):
+                assert opt in help_text, (cmd, opt)
