@@ -286,3 +286,20 @@ def test_bench_triton_backend_text_interface(server, llama):
             assert all(t.start <= t.first_token <= t.end and len(t.token_times) == 6 for t in timings)
         finally:
             b.close()
+
+
+def test_bench_compare_two_models_one_server(server, llama, tmp_path):
+    """`sparse-trt bench compare` over the wire: two models on one server through the triton backend."""
+    pytest.importorskip("sparse_trt.cli.bench", reason="bench CLI not present")
+    from typer.testing import CliRunner
+
+    from sparse_trt.cli.main import app
+
+    out = tmp_path / "cmp.json"
+    r = CliRunner().invoke(app, [
+        "bench", "compare", "ensemble", "trt", "-b", "triton", "--device", "cpu", "-o", str(out),
+        "--opt", f"url={server.grpc_url}", "--opt", "interface=text", "--opt", f"tokenizer={llama}",
+        "--input-lens", "8", "--output-lens", "4", "--warmup", "1", "--iters", "2",
+    ])
+    assert r.exit_code == 0, r.output
+    assert out.is_file() and json.loads(out.read_text())
