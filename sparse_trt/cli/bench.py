@@ -273,3 +273,40 @@ def synth_cmd(
         raise InputError("--dtype auto has no meaning for a model built from a config", fix="use float16, bfloat16 or float32")
     pair = synth_pair(config, out_dir, dtype=dt, seed=seed, num_layers=layers, overwrite=overwrite)
     console.print(f"built {pair.params / 1e9:.2f}B parameters, {pair.layers} layers: {pair.dense_dir} and {pair.sparse_dir}")
+
+
+def demo_bench_step(dense: str, pruned: Path, out_dir: Path, device: torch.device) -> Path:
+    """The demo's benchmark step: a small dense-vs-pruned compare on the hf backend, then a report.
+
+    Returns the report folder. On the hf backend no sparse kernels run, and the report says so loudly:
+    that is the point of showing it (zeros alone buy nothing).
+    """
+    from sparse_trt.bench.report import build_report
+
+    bench_dir = out_dir / "bench"
+    bench_dir.mkdir(parents=True, exist_ok=True)
+    res_path = bench_dir / "compare.json"
+    points = grid([1, 4], [32], [16], [1])
+    env = capture(device, ["sparse-trt", "demo", "(bench step)"])
+    db = open_backend("hf", BackendSpec(dense, device), points)
+    try:
+        sb = open_backend("hf", BackendSpec(str(pruned), device), points)
+        try:
+            def write(rd: RunResult, rs: RunResult, cmp: Comparison) -> None:
+                ResultsFile("compare", env, runs=[rd, rs], comparisons=[cmp]).save(res_path)
+
+            with progress_bar("dense vs pruned (hf)", total=len(points) * 4) as (prog, task):
+                rd, rs, cmp = compare_benchmark(
+                    db, sb, points, warmup=1, iters=3, labels=("dense", "pruned"), on_update=write,
+                    progress=lambda d, i, n: prog.update(task, description=d, completed=i, total=n))
+        finally:
+            sb.close()
+    finally:
+        db.close()
+    out.print(_compare_table(cmp))
+    _kernel_warning(rs, sparse_side=True)
+    rep = build_report([res_path], bench_dir / "report", gpu_hour_usd=2.5)
+    for v in rep.verdicts:
+        console.print(f"[bold]verdict[/]: {v.answer}", highlight=False)
+    console.print(f"wrote {res_path} and {rep.markdown}")
+    return bench_dir / "report"

@@ -96,3 +96,9 @@ def register(app: typer.Typer) -> None:
             "Zeros alone do not make a model faster: speed needs 2:4 kernels (TensorRT-LLM engine or torch "
             "semi-structured on an Ampere+ GPU); measure it, don't assume it."
         )
+
+        # Step 5 (bench, appended by the benchmark owner): dense vs pruned on the hf backend, and a report.
+        from .bench import demo_bench_step
+
+        console.rule("[bold]5/5 benchmark: dense vs pruned (hf backend, small CPU workload)")
+        demo_bench_step(model, pruned_dir, out_dir, dev)
