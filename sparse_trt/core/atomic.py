@@ -37,6 +37,9 @@ def atomic_output_dir(path: Path, overwrite: bool = False, what: str = "output d
     check_output_dir(path, overwrite, what)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; the result should look like a normal mkdir
     try:
         yield tmp
         if path.exists():

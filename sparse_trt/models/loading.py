@@ -162,6 +162,10 @@ def _load_gguf(folder: Path | str, gguf_file: str, dtype: torch.dtype | None):
     # The weights are dequantised now: drop the GGUF marker so the saved folder is a plain checkpoint.
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
+    if getattr(model, "hf_quantizer", None) is not None:
+        model.hf_quantizer = None
+    if getattr(model, "is_quantized", False):
+        model.is_quantized = False
     model.config.dtype = next(model.parameters()).dtype
     return model, tok
 

@@ -210,11 +210,13 @@ def _run_layer(layer: nn.Module, inps: torch.Tensor, kwargs: dict, conv: LayerIn
 
 def _discover_groups(layer: nn.Module, targets: list[Target], inps, kwargs, device) -> list[list[Target]]:
     """Groups of targets that receive the same input tensor, in execution order (one-sample probe)."""
-    calls: list[tuple[Target, int]] = []
+    # Inputs are kept alive during the probe so that a freed buffer's address cannot be reused
+    # by a later, different input (which would merge unrelated linears into one group).
+    calls: list[tuple[Target, torch.Tensor]] = []
     handles = []
     for t in targets:
         def hook(_m, args, t=t):
-            calls.append((t, args[0].data_ptr()))
+            calls.append((t, args[0]))
         handles.append(t.module.register_forward_pre_hook(hook))
     try:
         with torch.no_grad():
@@ -224,16 +226,17 @@ def _discover_groups(layer: nn.Module, targets: list[Target], inps, kwargs, devi
             h.remove()
     seen: set[str] = set()
     groups: list[list[Target]] = []
-    last_ptr = None
-    for t, ptr in calls:
+    last: tuple | None = None
+    for t, x in calls:
         if t.name in seen:
             continue
         seen.add(t.name)
-        if groups and ptr == last_ptr:
+        key = (x.data_ptr(), tuple(x.shape), tuple(x.stride()))
+        if groups and key == last:
             groups[-1].append(t)
         else:
             groups.append([t])
-        last_ptr = ptr
+        last = key
     missing = [t.name for t in targets if t.name not in seen]
     if missing:
         raise InputError(
