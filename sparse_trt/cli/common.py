@@ -29,9 +29,9 @@ def handle_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except SparseTrtError as e:
-            console.print(f"[bold red]error:[/] {e.message}", highlight=False)
+            console.print(f"[bold red]error:[/] {e.message}", highlight=False, soft_wrap=True)
             if e.fix:
-                console.print(f"[yellow]fix:[/] {e.fix}", highlight=False)
+                console.print(f"[yellow]fix:[/] {e.fix}", highlight=False, soft_wrap=True)
             raise typer.Exit(e.exit_code) from None
         except KeyboardInterrupt:
             console.print("[bold red]interrupted[/]")

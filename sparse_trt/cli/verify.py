@@ -27,12 +27,14 @@ def register(app: typer.Typer) -> None:
         else:
             t = Table(title=f"{directory}: {report.method} {report.pattern}")
             for col, just in (("linear", "left"), ("pattern", "left"), ("sparsity", "right"), ("violations", "right"), ("ok", "center")):
-                t.add_column(col, justify=just)  # type: ignore[arg-type]
+                t.add_column(col, justify=just, overflow="fold")  # type: ignore[arg-type]
             for c in report.layers:
                 t.add_row(c.name, c.pattern or "dense", f"{c.sparsity:.3f}", str(c.violations), "[green]yes[/]" if c.ok else f"[red]NO[/] {c.problem}")
             out.print(t)
         if not report.ok:
-            console.print(f"[bold red]{len(report.failures)} of {len(report.layers)} linears violate their pattern[/]")
+            console.print(f"[bold red]{len(report.failures)} of {len(report.layers)} linears violate their pattern:[/]")
+            for c in report.failures:
+                console.print(f"  {c.name}: {c.problem}", highlight=False, soft_wrap=True)
             raise typer.Exit(4)
         if not as_json:
             console.print(f"[green]all {len(report.layers)} linears match their pattern[/]")

@@ -72,12 +72,13 @@ def parse_options(spec: MethodSpec, raw: Mapping[str, str]) -> Any:
             values[key] = _convert(text, typ)
         except ValueError:
             raise InputError(
-                f"option {key}={text!r} of method '{spec.name}' is not a valid {typ.__name__}"
+                f"option {key}={text!r} of method '{spec.name}' is not a valid {typ.__name__}",
+                fix=f"give {key} a {typ.__name__} value, e.g. --opt {key}={fields[key].default}",
             ) from None
     try:
         return spec.options_cls(**values)
     except ValueError as e:
-        raise InputError(f"options of method '{spec.name}': {e}") from None
+        raise InputError(f"options of method '{spec.name}': {e}", fix="see `sparse-trt prune --help`") from None
 
 
 def _convert(text: Any, typ: type) -> Any:
