@@ -88,15 +88,14 @@ def test_failure_keeps_finished_points():
 
 
 def test_concurrency_serialises_non_thread_safe_backend():
-    b = FakeBackend("x", ttft=0.01, step=0.0)
-    type(b).thread_safe = False
-    try:
-        r = run_benchmark(b, [Workload(1, 4, 1, 3)], warmup=0, iters=1, label="x")
-    finally:
-        type(b).thread_safe = True
+    class Serial(FakeBackend):
+        thread_safe = False
+
+    b = Serial("x", ttft=0.05, step=0.0)
+    r = run_benchmark(b, [Workload(1, 4, 1, 3)], warmup=0, iters=1, label="x")
     p = r.points[0]
-    # three queued requests: the last waited for the first two, and that wait is latency
-    assert p.e2e_s.max >= 2.5 * p.e2e_s.min
+    # three queued requests: the last waited for the other two, and that wait counts as latency
+    assert p.e2e_s.max >= 2 * p.e2e_s.min
     assert p.sequences == 3
 
 

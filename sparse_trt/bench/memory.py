@@ -161,11 +161,13 @@ class _Window:
 class MemoryProbe:
     """Measures peaks over a window of work on ``device``: call ``start()`` / ``stop()`` around it.
 
-    NVML and RSS are sampled by a background thread every ``interval_s`` (and at start/stop); torch
-    peaks come from the caching allocator's own counters.
+    NVML is sampled by a background thread every ``interval_s`` (and at start/stop), only when NVML
+    is available: the thread competes for the GIL and CPU with the work being measured. Host peak RSS
+    comes from the kernel's own high-water mark (reset at start where Linux allows), torch peaks from
+    the caching allocator's counters.
     """
 
-    def __init__(self, device: torch.device, interval_s: float = 0.01) -> None:
+    def __init__(self, device: torch.device, interval_s: float = 0.02) -> None:
         self.device = device
         self.interval_s = interval_s
         self.nvml = Nvml(device.index or 0 if device.type == "cuda" else None)
@@ -201,8 +203,12 @@ class MemoryProbe:
         self._w.rss_reset = reset_peak_rss()
         self._sample()
         self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, name="sparse-trt-memprobe", daemon=True)
-        self._thread.start()
+        self._thread = None
+        if self.nvml.ok:
+            self._thread = threading.Thread(target=self._loop, name="sparse-trt-memprobe", daemon=True)
+            self._thread.start()
+        elif not self._w.rss_reset:
+            self._w.notes.append("peak RSS could not be reset: host peak is the larger of start/stop samples")
 
     def stop(self, weights: int | None) -> MemoryStats:
         if self._w is None:
@@ -226,8 +232,6 @@ class MemoryProbe:
         rss = w.rss_peak
         if w.rss_reset and hwm is not None:
             rss = max(rss or 0, hwm)
-        elif not w.rss_reset:
-            notes.append("peak RSS could not be reset: host peak is the sampled maximum")
         self._w = None
         return MemoryStats(
             weights_bytes=weights,

@@ -286,7 +286,7 @@ def demo_bench_step(dense: str, pruned: Path, out_dir: Path, device: torch.devic
     bench_dir = out_dir / "bench"
     bench_dir.mkdir(parents=True, exist_ok=True)
     res_path = bench_dir / "compare.json"
-    points = grid([1, 4], [32], [16], [1])
+    points = grid([1, 4], [32], [12], [1])
     env = capture(device, ["sparse-trt", "demo", "(bench step)"])
     db = open_backend("hf", BackendSpec(dense, device), points)
     try:
