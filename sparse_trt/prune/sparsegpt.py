@@ -19,19 +19,35 @@ from .masks import nm_keep_mask, row_keep_mask
 from .result import PruneResult
 
 
+def _upper_cholesky_of_inverse(h: torch.Tensor) -> torch.Tensor | None:
+    """Upper factor ``U`` with ``H^-1 = U^T U``, or None if ``H`` is not positive definite.
+
+    With ``J`` the exchange matrix and ``J H J = M M^T`` (lower Cholesky), ``U = J M^-1 J``.
+    One Cholesky and one triangular inverse: several times cheaper than Cholesky ->
+    ``cholesky_inverse`` -> Cholesky, and ``cholesky_inverse`` is pathologically slow on some
+    CPU builds (about 17 s for 1536x1536 on the 2-core benchmark machine, vs 0.3 s for this).
+    """
+    flipped = h.flip(0).flip(1)
+    lower, info = torch.linalg.cholesky_ex(flipped)
+    if int(info) != 0:
+        return None
+    eye = torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
+    inv_lower = torch.linalg.solve_triangular(lower, eye, upper=False)
+    upper = inv_lower.flip(0).flip(1)
+    if not torch.isfinite(upper).all():
+        return None
+    return upper
+
+
 def _inverse_cholesky(h: torch.Tensor, percdamp: float, max_retries: int) -> tuple[torch.Tensor, float, int]:
-    """Upper Cholesky factor of (H + damp I)^-1, raising damp x10 on failure."""
+    """Upper Cholesky factor of (H + damp * mean(diag H) * I)^-1, raising damp x10 on failure."""
     mean_diag = float(torch.diag(h).mean())
     eye = torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
     damp = percdamp
     for attempt in range(max_retries + 1):
-        hd = h + eye * (damp * mean_diag)
-        lower, info = torch.linalg.cholesky_ex(hd)
-        if int(info) == 0:
-            hinv = torch.cholesky_inverse(lower)
-            upper, info2 = torch.linalg.cholesky_ex(hinv, upper=True)
-            if int(info2) == 0 and torch.isfinite(upper).all():
-                return upper, damp, attempt
+        upper = _upper_cholesky_of_inverse(h + eye * (damp * mean_diag))
+        if upper is not None:
+            return upper, damp, attempt
         damp *= 10.0
     raise NumericalError(
         f"the Hessian stayed indefinite after {max_retries} dampening retries (last damp={damp / 10:g})",
@@ -81,16 +97,27 @@ def sparsegpt_prune(
             keep1 = torch.ones_like(w1, dtype=torch.bool)
 
         nm = pattern if (fixed_keep is None and isinstance(pattern, NM)) else None
-        for i in range(count):
-            if nm is not None and i % nm.m == 0:
-                seg = slice(i, i + nm.m)
-                keep1[:, seg] = nm_keep_mask(w1[:, seg].pow(2) / d1[seg].pow(2).unsqueeze(0), nm.n, nm.m)
-            wcol = w1[:, i]
-            q = wcol * keep1[:, i]
-            e = (wcol - q) / d1[i]
-            w1[:, i:].addr_(e, hinv1[i, i:], alpha=-1.0)
-            q1[:, i] = q
-            err1[:, i] = e
+        step = nm.m if nm is not None else min(16, count)
+        # Columns are processed in small groups. A group's current values are its original
+        # values minus the OBS updates of all earlier columns of the block (one GEMM); inside
+        # the group the updates are applied column by column. This is the same arithmetic as
+        # updating every later column after each column, with the bulk of it done as GEMMs.
+        for g0 in range(0, count, step):
+            g1 = min(g0 + step, count)
+            wg = w1[:, g0:g1]
+            if g0:
+                wg = wg - err1[:, :g0] @ hinv1[:g0, g0:g1]
+            if nm is not None:
+                keep1[:, g0:g1] = nm_keep_mask(wg.pow(2) / d1[g0:g1].pow(2).unsqueeze(0), nm.n, nm.m)
+            kg = keep1[:, g0:g1]
+            for j in range(g1 - g0):
+                wcol = wg[:, j]
+                q = wcol * kg[:, j]
+                e = (wcol - q) / d1[g0 + j]
+                if j + 1 < g1 - g0:
+                    wg[:, j + 1 :] -= e.unsqueeze(1) * hinv1[g0 + j, g0 + j + 1 : g1].unsqueeze(0)
+                q1[:, g0 + j] = q
+                err1[:, g0 + j] = e
 
         w[:, i1:i2] = q1
         keep[:, i1:i2] = keep1
