@@ -66,11 +66,12 @@ def model_shapes(spec: str, trust_remote_code: bool = False) -> list[Shape]:
     return shapes
 
 
-def random_2of4(shape: Shape, dtype: torch.dtype, device: torch.device, seed: int) -> torch.Tensor:
+def random_2of4(shape: Shape, dtype: torch.dtype, device: torch.device | None, seed: int) -> torch.Tensor:
+    """A seeded random [out, in] weight, magnitude-masked to 2:4; on ``device`` (None: host memory)."""
     g = torch.Generator().manual_seed(seed)
     w = torch.randn(shape, generator=g, dtype=torch.float32).to(dtype)
     mask_2of4_(w)
-    return w.to(device)
+    return w if device is None else w.to(device)
 
 
 def torch_unavailable_reason(device: torch.device) -> str | None:
@@ -137,7 +138,7 @@ def probe_tensorrt(shapes: list[Shape], tokens: list[int], dtype: torch.dtype, d
     logger = trt.Logger(trt.Logger.ERROR)
     rows: list[GemmRow] = []
     for si, (o, i) in enumerate(shapes):
-        w = random_2of4((o, i), dtype, torch.device("cpu"), seed + si).to(onnx_dtype)
+        w = random_2of4((o, i), dtype, None, seed + si).to(onnx_dtype)  # ONNX needs host (numpy) weights
         model_bytes = gemm_graph(w.numpy()).SerializeToString()
         engines = {}
         for sparse in (False, True):
@@ -199,7 +200,7 @@ def onnx_checks(shapes: list[Shape], dtype: torch.dtype, tokens: int, seed: int 
         if max_elements is not None and o * i > max_elements:
             notes.append(f"ONNX check of {o}x{i} skipped (over {max_elements} weights; raise --onnx-max-elements)")
             continue
-        w = random_2of4((o, i), graph_dtype, torch.device("cpu"), seed + si)
+        w = random_2of4((o, i), graph_dtype, None, seed + si)  # ONNX Runtime check runs on the host
         checks.append(check_gemm_graph(w, tokens, seed))
     if dtype == torch.bfloat16:
         notes.append("ONNX graphs for bfloat16 runs are float32 (numpy has no bfloat16); TensorRT builds them with BF16 allowed")
