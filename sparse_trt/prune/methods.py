@@ -16,10 +16,13 @@ from sparse_trt.core.errors import InputError
 from sparse_trt.core.patterns import NM, Pattern
 
 from .magnitude import magnitude_prune
+from .masks import keep_mask
+from .refine import refine_nm_mask
 from .result import PruneResult
+from .ria import ria_scores
 from .sparsegpt import sparsegpt_prune
 from .stats import InputStats
-from .wanda import wanda_prune
+from .wanda import wanda_prune, wanda_scores
 
 PruneFn = Callable[[torch.Tensor, InputStats, Pattern, Any], PruneResult]
 
@@ -143,5 +146,103 @@ register(
         True,
         SparseGPTOptions,
         _sparsegpt,
+    )
+)
+
+
+# ------------------------------------------------------------ quality methods (issue 6, docs/quality.md)
+
+
+@dataclass(frozen=True)
+class RIAOptions:
+    alpha: float = 0.5  # exponent of the activation norm (paper default 0.5; Wanda is 1)
+
+    def __post_init__(self) -> None:
+        if self.alpha < 0:
+            raise ValueError("alpha must be >= 0")
+
+
+@dataclass(frozen=True)
+class MaskOBSOptions:
+    """A score mask, optional N:M swap refinement, then SparseGPT's OBS update of the survivors."""
+
+    refine: int = 0  # N:M swap rounds before the update (0: off); see prune/refine.py
+    blocksize: int = 128
+    damp: float = 0.01
+    max_damp_retries: int = 4
+
+    def __post_init__(self) -> None:
+        if self.refine < 0:
+            raise ValueError("refine must be >= 0 (rounds of mask swaps)")
+        if self.blocksize < 1:
+            raise ValueError("blocksize must be >= 1")
+        if not (0.0 < self.damp):
+            raise ValueError("damp must be > 0 (fraction of the mean Hessian diagonal)")
+
+
+@dataclass(frozen=True)
+class RIAOBSOptions(MaskOBSOptions):
+    alpha: float = 0.5  # exponent of the activation norm in the RIA score
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.alpha < 0:
+            raise ValueError("alpha must be >= 0")
+
+
+def _col_norm_sq(stats: InputStats) -> torch.Tensor:
+    if stats.sq_norms is not None:
+        return stats.col_norm_sq()
+    assert stats.xtx is not None
+    return torch.diagonal(stats.xtx) / max(stats.count, 1)
+
+
+def _ria(w: torch.Tensor, stats: InputStats, pattern: Pattern, opts: RIAOptions) -> PruneResult:
+    keep = keep_mask(ria_scores(w, _col_norm_sq(stats), opts.alpha), pattern)
+    return PruneResult(w * keep.to(w.dtype), keep)
+
+
+def _mask_then_obs(w: torch.Tensor, stats: InputStats, pattern: Pattern, opts: MaskOBSOptions, scores: torch.Tensor) -> PruneResult:
+    keep = keep_mask(scores, pattern)
+    swaps = 0
+    if opts.refine and isinstance(pattern, NM):
+        assert stats.xtx is not None
+        keep, swaps = refine_nm_mask(w, keep, stats.xtx, pattern.n, pattern.m, opts.refine)
+    bs = opts.blocksize
+    if isinstance(pattern, NM) and bs % pattern.m:
+        bs = max(pattern.m, bs - bs % pattern.m)
+    res = sparsegpt_prune(
+        w, stats.hessian(), pattern, blocksize=bs, percdamp=opts.damp, max_retries=opts.max_damp_retries, fixed_keep=keep
+    )
+    return PruneResult(res.weight, res.keep, {**res.info, "swaps": swaps})
+
+
+def _ria_obs(w: torch.Tensor, stats: InputStats, pattern: Pattern, opts: RIAOBSOptions) -> PruneResult:
+    return _mask_then_obs(w, stats, pattern, opts, ria_scores(w, _col_norm_sq(stats), opts.alpha))
+
+
+def _wanda_obs(w: torch.Tensor, stats: InputStats, pattern: Pattern, opts: MaskOBSOptions) -> PruneResult:
+    return _mask_then_obs(w, stats, pattern, opts, wanda_scores(w, _col_norm_sq(stats)))
+
+
+register(
+    MethodSpec(
+        "ria",
+        "relative importance (row + column) x activation norm^alpha, no update (Zhang et al. 2024)",
+        True, False, False, RIAOptions, _ria,
+    )
+)
+register(
+    MethodSpec(
+        "ria-obs",
+        "RIA mask (optionally swap-refined), then SparseGPT's OBS update of the kept weights",
+        True, True, False, RIAOBSOptions, _ria_obs,
+    )
+)
+register(
+    MethodSpec(
+        "wanda-obs",
+        "Wanda mask (optionally swap-refined), then SparseGPT's OBS update of the kept weights",
+        True, True, True, MaskOBSOptions, _wanda_obs,
     )
 )
