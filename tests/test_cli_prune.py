@@ -6,11 +6,11 @@ import json
 import shutil
 
 import pytest
+import tiny
 import torch
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
-import tiny
 from sparse_trt.cli.main import app
 
 runner = CliRunner()

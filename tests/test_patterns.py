@@ -2,7 +2,14 @@ import pytest
 import torch
 
 from sparse_trt.core.errors import PatternError
-from sparse_trt.core.patterns import NM, Unstructured, nm_violations, parse_pattern, pattern_from_dict, pattern_to_dict
+from sparse_trt.core.patterns import (
+    NM,
+    Unstructured,
+    nm_violations,
+    parse_pattern,
+    pattern_from_dict,
+    pattern_to_dict,
+)
 
 
 @pytest.mark.parametrize("text,expected", [("2:4", NM(2, 4)), ("4:8", NM(4, 8)), ("2:5", NM(2, 5)), (" 1 : 3 ", NM(1, 3)),

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
+import tiny
 import torch
 from safetensors.torch import load_file
 
-import tiny
 from sparse_trt.core.errors import InterruptedRun, OutputExistsError, ResumeError
 from sparse_trt.core.manifest import Manifest
 from sparse_trt.core.patterns import NM, Unstructured, nm_violations
@@ -96,7 +96,7 @@ def test_one_pass_equals_chunked_passes(tiny_dirs, calib_file, tmp_path):
             if ".layers.0." in k:
                 assert torch.equal(a[k] == 0, b[k] == 0), k
                 torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
-        for r1, r2 in zip(m_one.layers, Manifest.load(out).layers):
+        for r1, r2 in zip(m_one.layers, Manifest.load(out).layers, strict=True):
             assert abs(r1.rel_error - r2.rel_error) < 0.1 * r1.rel_error + 1e-3, (r1.name, r1.rel_error, r2.rel_error)
 
 

@@ -41,14 +41,14 @@ def register(app: typer.Typer) -> None:
         wiki = TextSource("wiki")
         pruned_dir = out_dir / f"{model.replace('/', '_')}-{str(pat).replace(':', 'of')}-{method}"
 
-        console.rule("[bold]1/4 prune")
+        console.rule("[bold]1/5 prune")
         outcome = prune_with_progress(
             PruneRequest(model=model, out=pruned_dir, method=method, pattern=pat, calib=wiki, nsamples=nsamples,
                          seqlen=seqlen, seed=0, device=dev, overwrite=True)
         )
         console.print(f"pruned in {outcome.manifest.timings['prune_s']:.1f}s -> {pruned_dir}")
 
-        console.rule("[bold]2/4 verify")
+        console.rule("[bold]2/5 verify")
         report = verify_dir(pruned_dir)
         console.print(
             f"{'[green]OK' if report.ok else '[red]FAILED'}[/]: {len(report.layers) - len(report.failures)}/{len(report.layers)} "
@@ -57,7 +57,7 @@ def register(app: typer.Typer) -> None:
         if not report.ok:
             raise typer.Exit(4)
 
-        console.rule("[bold]3/4 perplexity (held-out wiki)")
+        console.rule("[bold]3/5 perplexity (held-out wiki)")
         results = {}
         for label, spec in (("dense", model), ("pruned", str(pruned_dir))):
             loaded = load_model(spec)
@@ -69,7 +69,7 @@ def register(app: typer.Typer) -> None:
         record_quality(pruned_dir, results["pruned"], "perplexity")
         record_quality(pruned_dir, results["dense"], "dense_perplexity")
 
-        console.rule("[bold]4/4 summary")
+        console.rule("[bold]4/5 summary")
         t = Table(title=f"{model}: {method} {pat}")
         for c in ("model", "perplexity", "windows x seqlen", "folder"):
             t.add_column(c)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Union
 
 import torch
 
@@ -59,7 +58,7 @@ class Unstructured:
         return f"{self.sparsity:g}"
 
 
-Pattern = Union[NM, Unstructured]
+Pattern = NM | Unstructured
 
 _NM_RE = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
 
