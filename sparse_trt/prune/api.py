@@ -66,6 +66,18 @@ def add_bos_for(loaded: LoadedModel) -> bool:
     return loaded.adapter.needs_bos or tokenizer_adds_bos(loaded.tokenizer)
 
 
+def _plan_model(plan_source: str | None) -> str:
+    """`` (made for MODEL)`` when ``plan_source`` is a readable plan file, else ''."""
+    if not plan_source:
+        return ""
+    try:
+        from .plan import load_plan
+
+        return f" (made for {load_plan(plan_source).model_name()})"
+    except InputError:
+        return ""
+
+
 def run_prune(req: PruneRequest, progress: ProgressFn | None = None, on_stage=None) -> PruneOutcome:
     """Run the whole prune job. ``on_stage(str)`` is told about each stage (for the CLI's status line)."""
     stage = on_stage or (lambda _s: None)
@@ -93,9 +105,10 @@ def run_prune(req: PruneRequest, progress: ProgressFn | None = None, on_stage=No
     names = {t.name for t in targets}
     unknown = sorted(set(req.layer_patterns) - {t.name for t in all_targets(model, adapter)})
     if unknown:
+        made_for = _plan_model(req.plan_source)
         raise InputError(
-            f"plan {req.plan_source or ''} names linears this model does not have: {unknown[:5]}",
-            fix="make the plan for this model with `sparse-trt plan`",
+            f"plan {req.plan_source or ''}{made_for} names linears that {req.model} does not have: {unknown[:5]}",
+            fix=f"make the plan for this model with `sparse-trt plan {req.model}`",
         )
     for t in targets:
         p = req.layer_patterns.get(t.name, req.pattern)
