@@ -156,6 +156,7 @@ register(
 @dataclass(frozen=True)
 class RIAOptions:
     alpha: float = 0.5  # exponent of the activation norm (paper default 0.5; Wanda is 1)
+    permute: bool = False  # N:M only: exact input-channel permutation of down_proj / o_proj (prune/permute.py)
 
     def __post_init__(self) -> None:
         if self.alpha < 0:
@@ -167,6 +168,7 @@ class MaskOBSOptions:
     """A score mask, optional N:M swap refinement, then SparseGPT's OBS update of the survivors."""
 
     refine: int = 0  # N:M swap rounds before the update (0: off); see prune/refine.py
+    permute: bool = False  # N:M only: exact input-channel permutation of down_proj / o_proj (prune/permute.py)
     blocksize: int = 128
     damp: float = 0.01
     max_damp_retries: int = 4

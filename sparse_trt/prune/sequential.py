@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from sparse_trt.core.errors import InputError, NumericalError
-from sparse_trt.core.patterns import Pattern, check_divisible
+from sparse_trt.core.patterns import NM, Pattern, check_divisible
 from sparse_trt.core.manifest import LayerRecord
 from sparse_trt.models.adapters import Adapter, Target, layer_targets
 
@@ -249,10 +249,38 @@ def _discover_groups(layer: nn.Module, targets: list[Target], inps, kwargs, devi
 class _LayerPruner:
     """Applies the method to groups of targets and produces manifest records."""
 
-    def __init__(self, cfg: WalkConfig, total_rows: int):
+    def __init__(self, cfg: WalkConfig, total_rows: int, layer: nn.Module | None = None, prefix: str = ""):
         self.cfg = cfg
         self.total_rows = total_rows
         self.records: dict[str, LayerRecord] = {}
+        self.layer, self.prefix = layer, prefix
+        # Exact input-channel permutation for N:M (prune/permute.py), when the method's options ask for it.
+        self.permutable: dict[str, str] = {}
+        if layer is not None and getattr(cfg.options, "permute", False):
+            from .permute import permutable_consumers
+
+            self.permutable = {f"{prefix}.{k}": v for k, v in permutable_consumers(layer).items()}
+
+    def permute_group(self, group: list[Target], stats: InputStats) -> tuple[InputStats, torch.Tensor | None]:
+        """Permute the inputs of a permutable consumer (and its producers) before pruning it."""
+        kind = self.permutable.get(group[0].name) if len(group) == 1 else None
+        pattern = self.pattern_of(group[0])
+        if kind is None or not isinstance(pattern, NM):
+            return stats, None
+        from .permute import choose_and_apply
+
+        norms = stats.sq_norms if stats.sq_norms is not None else torch.diagonal(stats.xtx)
+        scores = group[0].weight_out_in().abs().float() * norms.float().sqrt().unsqueeze(0)
+        perm = choose_and_apply(self.layer, kind, scores, pattern.n, pattern.m, trials=512, seed=0)
+        if perm is None:
+            return stats, None
+        p = perm.to(norms.device)
+        return InputStats(
+            stats.count,
+            None if stats.sq_norms is None else stats.sq_norms[p],
+            None if stats.xtx is None else stats.xtx[p][:, p],
+            None if stats.sample is None else stats.sample[:, p],
+        ), perm
 
     def pattern_of(self, t: Target) -> Pattern | None:
         return self.cfg.layer_patterns.get(t.name, self.cfg.pattern)
@@ -264,7 +292,9 @@ class _LayerPruner:
             sample_rows=0 if m.needs_hessian else self.cfg.sample_rows, device=device,
         )
 
-    def prune_group(self, group: list[Target], stats: InputStats) -> None:
+    def prune_group(self, group: list[Target], stats: InputStats) -> torch.Tensor | None:
+        """Prune the group in place; returns the input permutation applied first (None: none)."""
+        stats, perm = self.permute_group(group, stats)
         by_pattern: dict[str, tuple[Pattern | None, list[Target]]] = {}
         for t in group:
             p = self.pattern_of(t)
@@ -314,6 +344,7 @@ class _LayerPruner:
                     damp_retries=int(info.get("damp_retries", 0)),
                     seconds=round(secs, 4),
                 )
+        return perm
 
 
 def prune_layer(
@@ -332,7 +363,7 @@ def prune_layer(
             check_divisible(t.name, t.in_features, p)
     nsamples = inps.shape[0]
     total_rows = nsamples * inps.shape[1]
-    pruner = _LayerPruner(cfg, total_rows)
+    pruner = _LayerPruner(cfg, total_rows, layer, prefix)
     if not targets:
         with torch.no_grad():
             return _run_layer(layer, inps, kwargs, conv, cfg.device, cfg.chunk_samples, None), []
@@ -347,7 +378,10 @@ def prune_layer(
                 def hook(_m, args, g=g):
                     acc = pruner.accumulator(g[0].in_features, dev)
                     acc.add(args[0], total_rows)
-                    pruner.prune_group(g, acc.finish())
+                    perm = pruner.prune_group(g, acc.finish())
+                    if perm is not None:  # the consumer's columns moved: feed it the permuted input
+                        return (args[0][..., perm.to(args[0].device)], *args[1:])
+                    return None
                 handles.append(g[0].module.register_forward_pre_hook(hook))
             try:
                 outs = _run_layer(layer, inps, kwargs, conv, dev, cfg.chunk_samples, None)
