@@ -18,5 +18,5 @@ if [ "${1:-}" = "dev" ]; then
   # NVIDIA ModelOpt, for the export cross-check test only: its own requirements would pull a CUDA
   # torch stack, and the exporter needs just these few.
   $PY -m pip install -q --no-deps "nvidia-modelopt==0.47.0"
-  $PY -m pip install -q omegaconf pulp ninja
+  $PY -m pip install -q omegaconf pulp ninja scipy
 fi
