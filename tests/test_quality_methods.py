@@ -18,7 +18,7 @@ from sparse_trt.prune.stats import StatsAccumulator, relative_error
 from sparse_trt.prune.wanda import wanda_scores
 
 CPU = torch.device("cpu")
-QUALITY = ("ria", "ria-obs", "wanda-obs")
+QUALITY = ("ria", "ria-obs", "wanda-obs", "sparsegpt-refit")
 
 
 def _data(rows=48, cols=64, tokens=512, seed=0):
@@ -153,7 +153,8 @@ def test_walker_quality_methods_on_tiny_llama(tiny_dirs, calib_file, tmp_path):
     """Every method through the walker: exact 2:4, deterministic, layer error no worse than the base."""
     src = tiny_dirs("llama")
     errs = {}
-    for name, opts in (("wanda", {}), ("ria", {}), ("ria-obs", {}), ("ria-obs", {"refine": "8"}), ("wanda-obs", {})):
+    for name, opts in (("wanda", {}), ("ria", {}), ("ria-obs", {}), ("ria-obs", {"refine": "8"}), ("wanda-obs", {}),
+                       ("sparsegpt-refit", {"refit": "4"})):
         tag = name + "".join(f"-{k}{v}" for k, v in opts.items())
         out = tmp_path / tag
         run_prune(_req(src, out, calib_file, method=name, options=opts))
@@ -168,3 +169,21 @@ def test_walker_quality_methods_on_tiny_llama(tiny_dirs, calib_file, tmp_path):
     assert errs["ria-obs"] < errs["ria"]
     assert errs["wanda-obs"] < errs["wanda"]
     assert errs["ria-obs-refine8"] <= errs["ria"]
+
+
+def test_refit_lowers_error_keeps_mask_and_is_deterministic():
+    from sparse_trt.prune.refit import refit_kept
+
+    w, st = _data()
+    base = _run("sparsegpt", w, st)
+    for it in (1, 4, 16):
+        res = _run("sparsegpt-refit", w, st, refit=it)
+        assert torch.equal(res.keep, base.keep)  # same SparseGPT mask
+        assert nm_violations(res.weight, NM(2, 4)) == 0 and (res.weight[~res.keep] == 0).all()
+        assert relative_error(w, res.weight, st) < relative_error(w, base.weight, st)
+    assert torch.equal(_run("sparsegpt-refit", w, st).weight, _run("sparsegpt-refit", w.clone(), st).weight)
+    # monotone in the iterations (CG on the dampened quadratic)
+    errs = [relative_error(w, refit_kept(w, base.weight, base.keep, st.hessian(), i), st) for i in (0, 2, 8, 32)]
+    assert errs == sorted(errs, reverse=True)
+    ria = _run("ria-obs", w, st)
+    assert relative_error(w, _run("ria-obs", w, st, refit=8).weight, st) < relative_error(w, ria.weight, st)

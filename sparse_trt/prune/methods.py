@@ -18,6 +18,7 @@ from sparse_trt.core.patterns import NM, Pattern
 from .magnitude import magnitude_prune
 from .masks import keep_mask
 from .refine import refine_nm_mask
+from .refit import refit_kept
 from .result import PruneResult
 from .ria import ria_scores
 from .sparsegpt import sparsegpt_prune
@@ -168,6 +169,7 @@ class MaskOBSOptions:
     """A score mask, optional N:M swap refinement, then SparseGPT's OBS update of the survivors."""
 
     refine: int = 0  # N:M swap rounds before the update (0: off); see prune/refine.py
+    refit: int = 0  # conjugate-gradient iterations refitting the kept weights after the update (prune/refit.py)
     permute: bool = False  # N:M only: exact input-channel permutation of down_proj / o_proj (prune/permute.py)
     blocksize: int = 128
     damp: float = 0.01
@@ -176,6 +178,8 @@ class MaskOBSOptions:
     def __post_init__(self) -> None:
         if self.refine < 0:
             raise ValueError("refine must be >= 0 (rounds of mask swaps)")
+        if self.refit < 0:
+            raise ValueError("refit must be >= 0 (conjugate-gradient iterations)")
         if self.blocksize < 1:
             raise ValueError("blocksize must be >= 1")
         if not (0.0 < self.damp):
@@ -216,7 +220,29 @@ def _mask_then_obs(w: torch.Tensor, stats: InputStats, pattern: Pattern, opts: M
     res = sparsegpt_prune(
         w, stats.hessian(), pattern, blocksize=bs, percdamp=opts.damp, max_retries=opts.max_damp_retries, fixed_keep=keep
     )
-    return PruneResult(res.weight, res.keep, {**res.info, "swaps": swaps})
+    return _maybe_refit(w, res, stats, opts, swaps=swaps)
+
+
+def _maybe_refit(w: torch.Tensor, res: PruneResult, stats: InputStats, opts, **info) -> PruneResult:
+    weight = res.weight
+    if opts.refit:
+        weight = refit_kept(w, res.weight, res.keep, stats.hessian(), opts.refit, opts.damp).to(w.dtype)
+    return PruneResult(weight, res.keep, {**res.info, **info})
+
+
+@dataclass(frozen=True)
+class SparseGPTRefitOptions(SparseGPTOptions):
+    refit: int = 8  # conjugate-gradient iterations refitting the kept weights (prune/refit.py)
+    permute: bool = False  # N:M only: exact input-channel permutation of down_proj / o_proj (prune/permute.py)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.refit < 0:
+            raise ValueError("refit must be >= 0 (conjugate-gradient iterations)")
+
+
+def _sparsegpt_refit(w: torch.Tensor, stats: InputStats, pattern: Pattern, opts: SparseGPTRefitOptions) -> PruneResult:
+    return _maybe_refit(w, _sparsegpt(w, stats, pattern, opts), stats, opts)
 
 
 def _ria_obs(w: torch.Tensor, stats: InputStats, pattern: Pattern, opts: RIAOBSOptions) -> PruneResult:
@@ -246,5 +272,12 @@ register(
         "wanda-obs",
         "Wanda mask (optionally swap-refined), then SparseGPT's OBS update of the kept weights",
         True, True, True, MaskOBSOptions, _wanda_obs,
+    )
+)
+register(
+    MethodSpec(
+        "sparsegpt-refit",
+        "SparseGPT, then the kept weights refitted by least squares (conjugate gradients) with the mask fixed",
+        False, True, True, SparseGPTRefitOptions, _sparsegpt_refit,
     )
 )
