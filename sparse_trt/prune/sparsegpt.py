@@ -10,6 +10,9 @@ is propagated to the remaining columns (OBS update), lazily across blocks.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 
 from sparse_trt.core.errors import NumericalError
@@ -17,6 +20,25 @@ from sparse_trt.core.patterns import NM, Pattern, Unstructured
 
 from .masks import nm_keep_mask, row_keep_mask
 from .result import PruneResult
+
+
+@contextlib.contextmanager
+def _few_threads(device: torch.device) -> Iterator[None]:
+    """Run the column loop's tiny vector ops on one CPU thread.
+
+    Each op touches a few thousand floats: thread fan-out costs more than it saves, and on a
+    busy machine OpenMP threads waiting for a descheduled sibling made the loop ~15x slower
+    (measured: 2.7 s vs 0.16 s for a 3072x576 matrix at load average 5 on 2 cores).
+    """
+    if device.type != "cpu" or torch.get_num_threads() == 1:
+        yield
+        return
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
 
 
 def _upper_cholesky_of_inverse(h: torch.Tensor) -> torch.Tensor | None:
@@ -98,26 +120,27 @@ def sparsegpt_prune(
 
         nm = pattern if (fixed_keep is None and isinstance(pattern, NM)) else None
         step = nm.m if nm is not None else min(16, count)
-        # Columns are processed in small groups. A group's current values are its original
-        # values minus the OBS updates of all earlier columns of the block (one GEMM); inside
-        # the group the updates are applied column by column. This is the same arithmetic as
-        # updating every later column after each column, with the bulk of it done as GEMMs.
-        for g0 in range(0, count, step):
-            g1 = min(g0 + step, count)
-            wg = w1[:, g0:g1]
-            if g0:
-                wg = wg - err1[:, :g0] @ hinv1[:g0, g0:g1]
-            if nm is not None:
-                keep1[:, g0:g1] = nm_keep_mask(wg.pow(2) / d1[g0:g1].pow(2).unsqueeze(0), nm.n, nm.m)
-            kg = keep1[:, g0:g1]
-            for j in range(g1 - g0):
-                wcol = wg[:, j]
-                q = wcol * kg[:, j]
-                e = (wcol - q) / d1[g0 + j]
-                if j + 1 < g1 - g0:
-                    wg[:, j + 1 :] -= e.unsqueeze(1) * hinv1[g0 + j, g0 + j + 1 : g1].unsqueeze(0)
-                q1[:, g0 + j] = q
-                err1[:, g0 + j] = e
+        with _few_threads(w.device):
+            # Columns are processed in small groups. A group's current values are its original
+            # values minus the OBS updates of all earlier columns of the block (one GEMM); inside
+            # the group the updates are applied column by column. This is the same arithmetic as
+            # updating every later column after each column, with the bulk of it done as GEMMs.
+            for g0 in range(0, count, step):
+                g1 = min(g0 + step, count)
+                wg = w1[:, g0:g1]
+                if g0:
+                    wg = wg - err1[:, :g0] @ hinv1[:g0, g0:g1]
+                if nm is not None:
+                    keep1[:, g0:g1] = nm_keep_mask(wg.pow(2) / d1[g0:g1].pow(2).unsqueeze(0), nm.n, nm.m)
+                kg = keep1[:, g0:g1]
+                for j in range(g1 - g0):
+                    wcol = wg[:, j]
+                    q = wcol * kg[:, j]
+                    e = (wcol - q) / d1[g0 + j]
+                    if j + 1 < g1 - g0:
+                        wg[:, j + 1 :] -= e.unsqueeze(1) * hinv1[g0 + j, g0 + j + 1 : g1].unsqueeze(0)
+                    q1[:, g0 + j] = q
+                    err1[:, g0 + j] = e
 
         w[:, i1:i2] = q1
         keep[:, i1:i2] = keep1
