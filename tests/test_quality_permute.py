@@ -59,7 +59,7 @@ def test_walker_with_permutation(tiny_dirs, calib_file, tmp_path):
     src = tiny_dirs("llama")
 
     def req(out, **kw):
-        base = dict(model=str(src), out=out, method="ria-obs", pattern=NM(2, 4), calib=parse_source(str(calib_file)),
+        base = dict(model=str(src), out=out, method="ria", pattern=NM(2, 4), calib=parse_source(str(calib_file)),
                     nsamples=8, seqlen=32, seed=0, device=CPU, options={"permute": "true"})
         base.update(kw)
         return PruneRequest(**base)

@@ -260,14 +260,17 @@ register(
         True, False, False, RIAOptions, _ria,
     )
 )
-register(
+# Measured and not shipped as methods (benchmarks/RESULTS.md, "Pruning leaderboard (issue 6)"): an
+# imposed RIA or Wanda mask + OBS update reconstructs worse than SparseGPT, with or without swap
+# refinement. The specs stay importable for experiments and tests; they are not registered.
+RIA_OBS = (
     MethodSpec(
         "ria-obs",
         "RIA mask (optionally swap-refined), then SparseGPT's OBS update of the kept weights",
         True, True, False, RIAOBSOptions, _ria_obs,
     )
 )
-register(
+WANDA_OBS = (
     MethodSpec(
         "wanda-obs",
         "Wanda mask (optionally swap-refined), then SparseGPT's OBS update of the kept weights",
