@@ -5,9 +5,9 @@ from __future__ import annotations
 import importlib.util
 
 import pytest
+import tiny
 import torch
 
-import tiny
 from sparse_trt.core.errors import CalibrationError
 from sparse_trt.data.text import parse_source, wiki_split
 from sparse_trt.data.windows import calibration_windows, eval_windows, tokenizer_adds_bos

@@ -310,7 +310,7 @@ class _LayerPruner:
                     )
                 continue
             dense = [t.weight_out_in().clone() for t in members]
-            for t, w in zip(members, dense):
+            for t, w in zip(members, dense, strict=True):
                 if not torch.isfinite(w).all():
                     raise NumericalError(f"NaN/Inf in the weight of '{t.name}'", fix="check the checkpoint")
             if self.cfg.method.fuse_shared_input and len(members) > 1:
@@ -325,7 +325,7 @@ class _LayerPruner:
                     new_ws.append(res.weight)
                     infos.append(res.info)
             secs = (time.perf_counter() - t0) / len(members)
-            for t, w_old, w_new, info in zip(members, dense, new_ws, infos):
+            for t, w_old, w_new, info in zip(members, dense, new_ws, infos, strict=True):
                 if not torch.isfinite(w_new).all():
                     raise NumericalError(
                         f"pruning produced NaN/Inf in '{t.name}'",
