@@ -25,8 +25,8 @@ import torch
 from torch import nn
 
 from sparse_trt.core.errors import InputError, NumericalError
-from sparse_trt.core.patterns import NM, Pattern, check_divisible
 from sparse_trt.core.manifest import LayerRecord
+from sparse_trt.core.patterns import NM, Pattern, check_divisible
 from sparse_trt.models.adapters import Adapter, Target, layer_targets
 
 from .methods import MethodSpec
