@@ -15,10 +15,10 @@ from sparse_trt.bench.results import Comparison, ResultsFile, RunResult
 from sparse_trt.bench.runner import compare_benchmark, open_backend, run_benchmark
 from sparse_trt.bench.synth import PRESETS, synth_pair
 from sparse_trt.bench.workload import Workload, grid, parse_int_list
-from sparse_trt.core.device import resolve_device, resolve_dtype
 from sparse_trt.core.errors import InputError, OutputExistsError
 
 from .common import console, handle_errors, out, parse_kv, progress_bar, setup_logging
+from .options import resolve_device, resolve_dtype
 
 bench_app = typer.Typer(
     help="Benchmark dense vs sparse: latency (TTFT, TPOT, e2e), tokens/s, memory; GEMM probes.",

@@ -8,7 +8,6 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from sparse_trt.core.device import resolve_device
 from sparse_trt.core.patterns import parse_pattern
 from sparse_trt.data.text import TextSource
 from sparse_trt.eval.api import evaluate_loaded, record_quality
@@ -17,6 +16,7 @@ from sparse_trt.prune.api import PruneRequest
 from sparse_trt.prune.verify import verify_dir
 
 from .common import console, handle_errors, out, progress_bar, setup_logging
+from .options import resolve_device
 from .prune import prune_with_progress
 
 

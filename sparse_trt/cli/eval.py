@@ -8,11 +8,11 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from sparse_trt.core.device import resolve_device, resolve_dtype
 from sparse_trt.data.text import parse_source
 from sparse_trt.eval.api import run_eval
 
 from .common import console, handle_errors, out, progress_bar, setup_logging
+from .options import resolve_device, resolve_dtype
 
 
 def register(app: typer.Typer) -> None:

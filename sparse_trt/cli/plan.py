@@ -6,13 +6,13 @@ from pathlib import Path
 
 import typer
 
-from sparse_trt.core.device import resolve_device, resolve_dtype
 from sparse_trt.core.errors import InputError
 from sparse_trt.core.patterns import parse_pattern
 from sparse_trt.data.text import parse_source
 from sparse_trt.prune.methods import method_names
 
 from .common import console, handle_errors, out, parse_kv, progress_bar, setup_logging
+from .options import resolve_device, resolve_dtype
 
 
 def parse_budget(text: str) -> float:

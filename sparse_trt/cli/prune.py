@@ -7,13 +7,13 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from sparse_trt.core.device import resolve_device, resolve_dtype
 from sparse_trt.core.patterns import parse_pattern
 from sparse_trt.data.text import parse_source
 from sparse_trt.prune.api import PruneOutcome, PruneRequest, run_prune
 from sparse_trt.prune.methods import get_method, method_names
 
 from .common import console, handle_errors, parse_kv, progress_bar, setup_logging
+from .options import resolve_device, resolve_dtype
 
 
 def summary_table(outcome: PruneOutcome) -> Table:
