@@ -167,3 +167,12 @@ def test_help_lists_commands():
         assert cmd in text
     assert torch.__version__
     assert tiny.VOCAB
+
+
+def test_missing_gguf_and_unreachable_hub_id(calib_file, tmp_path, monkeypatch):
+    code, text = run(*prune_args(tmp_path / "model.gguf", tmp_path / "o", calib_file))
+    assert code == 2 and "GGUF file" in text and "model.gguf" in text
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code, text = run(*prune_args("nobody-here/no-such-model", tmp_path / "o", calib_file))
+    assert code == 2 and "nobody-here/no-such-model" in text and "fix:" in text
+    assert not (tmp_path / "o").exists()
