@@ -7,7 +7,6 @@ from them proves the names, fusion order, transpositions and splits are right.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass
@@ -17,6 +16,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from safetensors import safe_open
+
+from sparse_trt.core.jsonio import read_json_object
 
 from .errors import CheckpointError
 from .sharding import Mapping, kind_of, kv_heads_per_rank, pad_rows, unshard_qkv
@@ -50,11 +51,8 @@ def load_checkpoint(directory: Path | str) -> Checkpoint:
     if not cfg_path.is_file():
         raise CheckpointError(f"'{directory}' has no config.json: not a TensorRT-LLM checkpoint",
                               fix="pass the output folder of `sparse-trt export trtllm`")
-    try:
-        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"'{cfg_path}' is not readable JSON ({e})", fix="re-export the checkpoint") from None
-    if not isinstance(cfg, dict) or "architecture" not in cfg:
+    cfg = read_json_object(cfg_path, CheckpointError, fix="re-export the checkpoint")
+    if "architecture" not in cfg:
         raise CheckpointError(f"'{cfg_path}' has no 'architecture': not a TensorRT-LLM checkpoint config",
                               fix="re-export the checkpoint with `sparse-trt export trtllm`")
     m = cfg.get("mapping") or {}

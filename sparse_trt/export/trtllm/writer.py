@@ -21,6 +21,7 @@ from safetensors.torch import save_file
 import sparse_trt
 from sparse_trt.core.atomic import atomic_output_dir, check_output_dir
 from sparse_trt.core.errors import InputError, ManifestError, ModelLoadError
+from sparse_trt.core.jsonio import read_json_object
 from sparse_trt.core.manifest import MANIFEST_NAME, Manifest
 from sparse_trt.core.patterns import NM, Pattern, nm_violations, parse_pattern
 
@@ -122,12 +123,7 @@ def _read_config(model_dir: Path) -> dict[str, Any]:
     if not p.is_file():
         raise ModelLoadError(f"model folder '{model_dir}' has no config.json",
                              fix="pass a Hugging Face model folder (the output of `sparse-trt prune`)")
-    try:
-        cfg = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ModelLoadError(f"'{p}' is not readable JSON ({e})", fix="re-save the model") from None
-    if not isinstance(cfg, dict):
-        raise ModelLoadError(f"'{p}' does not hold a JSON object", fix="re-save the model")
+    cfg = read_json_object(p, ModelLoadError, fix="re-save the model")
     return cfg
 
 
