@@ -36,6 +36,11 @@ class LayerRecord:
     damp: float | None = None  # final relative dampening (SparseGPT)
     damp_retries: int = 0
     seconds: float = 0.0
+    # Block reconstruction (prune/blockfit.py): the decoder layer's relative output error vs its
+    # reference before and after fitting the kept weights; one value per decoder layer, repeated
+    # on each of its linears. Equal values: the fit did not help and was reverted.
+    block_error_before: float | None = None
+    block_error_after: float | None = None
 
 
 @dataclass(frozen=True)

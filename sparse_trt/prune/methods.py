@@ -284,3 +284,33 @@ register(
         False, True, True, SparseGPTRefitOptions, _sparsegpt_refit,
     )
 )
+
+
+@dataclass(frozen=True)
+class SparseGPTBlockOptions(SparseGPTRefitOptions):
+    """SparseGPT + refit per linear, then block reconstruction per decoder layer (prune/blockfit.py)."""
+
+    block_steps: int = 4  # Adam steps per decoder layer on mini-batches of calibration windows (0: off)
+    block_lr: float = 1e-3  # peak learning rate, cosine-decayed to 0
+    block_batch: int = 4  # calibration windows per step
+    block_target: str = "model"  # "model": the dense model's outputs; "layer": the dense layer on the pruned inputs
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.block_steps < 0:
+            raise ValueError("block_steps must be >= 0")
+        if not (self.block_lr > 0):
+            raise ValueError("block_lr must be > 0")
+        if self.block_batch < 1:
+            raise ValueError("block_batch must be >= 1")
+        if self.block_target not in ("model", "layer"):
+            raise ValueError("block_target must be 'model' or 'layer'")
+
+
+register(
+    MethodSpec(
+        "sparsegpt-block",
+        "sparsegpt-refit, then each decoder layer's kept weights fitted to the dense model's outputs (block reconstruction)",
+        False, True, True, SparseGPTBlockOptions, _sparsegpt_refit,
+    )
+)

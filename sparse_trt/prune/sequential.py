@@ -9,13 +9,17 @@
    every linear is calibrated on the outputs of the already pruned linears before it (SparseGPT's
    "true sequential" order). Otherwise the same order is kept with chunked passes, one per group
    of linears that share an input (stopped early once the group is reached), plus one output pass.
-3. The layer's outputs, computed with pruned weights, become the next layer's inputs.
+3. Optionally (methods with ``block_steps``), block reconstruction: with the masks fixed, the
+   layer's kept weights are fitted to reference outputs (the dense model's own activations, carried
+   along as a second stream, or the dense layer applied to the pruned inputs); prune/blockfit.py.
+4. The layer's outputs, computed with pruned weights, become the next layer's inputs.
 
 Only the current layer lives on the compute device; activations live on ``store_device``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +33,7 @@ from sparse_trt.core.manifest import LayerRecord
 from sparse_trt.core.patterns import NM, Pattern, check_divisible
 from sparse_trt.models.adapters import Adapter, Target, layer_targets
 
+from .blockfit import TARGETS, BlockFitReport, BlockFitSettings, fit_kept_weights, relative_output_error
 from .methods import MethodSpec
 from .stats import InputStats, StatsAccumulator, relative_error
 
@@ -413,6 +418,101 @@ def prune_layer(
     return outs, records
 
 
+def block_fit_settings(options: Any) -> BlockFitSettings | None:
+    """The block-reconstruction settings carried by a method's options (``block_*`` fields), or None."""
+    steps = int(getattr(options, "block_steps", 0) or 0)
+    if steps <= 0:
+        return None
+    target = str(getattr(options, "block_target", "model"))
+    if target not in TARGETS:
+        raise InputError(f"block_target={target!r} is unknown", fix=f"use one of: {', '.join(TARGETS)}")
+    return BlockFitSettings(
+        steps=steps, lr=float(getattr(options, "block_lr", 1e-4)), batch=int(getattr(options, "block_batch", 4)), target=target
+    )
+
+
+def _float_kwargs(kwargs: dict[str, Any], dtype: torch.dtype) -> dict[str, Any]:
+    return _map_tensors(kwargs, lambda t: t.to(dtype) if t.is_floating_point() else t)
+
+
+def fit_layer(
+    layer: nn.Module,
+    records: list[LayerRecord],
+    targets: list[Target],
+    inps: torch.Tensor,
+    outs: torch.Tensor,
+    reference: torch.Tensor,
+    kwargs: dict[str, Any],
+    conv: LayerInputs,
+    cfg: WalkConfig,
+    fit: BlockFitSettings,
+    seed: int,
+) -> tuple[torch.Tensor, list[LayerRecord], BlockFitReport]:
+    """Block reconstruction of one pruned layer; returns its (new) outputs and updated records.
+
+    ``reference`` holds the target outputs of the first ``len(reference)`` windows of ``inps``;
+    the fit and its before/after errors use those windows.
+
+    Only the weights of linears that were pruned are fitted (their zeros stay zeros); linears left
+    dense by a plan or ``--exclude``, norms and biases keep their values. The fit runs in float32
+    whatever the layer's dtype; the result is cast back, and kept only if it lowers the layer's
+    output error on the whole calibration set.
+    """
+    pruned = {r.name for r in records if r.pattern is not None}
+    fitted = [t for t in targets if t.name in pruned]
+    n_fit = reference.shape[0]
+    before = relative_output_error(outs[:n_fit], reference)
+    if not fitted:
+        return outs, records, BlockFitReport(before, before, True)
+    dev = cfg.device
+    params = list(layer.parameters())
+    flags = [p.requires_grad for p in params]
+    home_dtype = fitted[0].module.weight.dtype
+    work_dtype = torch.promote_types(home_dtype, torch.float32)
+    saved = [t.module.weight.detach().clone() for t in fitted]
+    layer.to(work_dtype)
+    kw = _float_kwargs(kwargs, work_dtype)
+    batch = max(1, min(fit.batch, cfg.chunk_samples))
+
+    def forward(idx: torch.Tensor) -> torch.Tensor:
+        x = inps[idx].to(device=dev, dtype=work_dtype)
+        return _first(layer(x, **_expand_batch(kw, x.shape[0], dev)))
+
+    try:
+        for p in params:
+            p.requires_grad_(False)
+        weights = [t.module.weight for t in fitted]
+        for w in weights:
+            w.requires_grad_(True)
+        with torch.enable_grad():
+            fit_kept_weights(
+                forward, reference, weights, dataclasses.replace(fit, batch=batch),
+                torch.Generator().manual_seed(seed),
+            )
+    finally:
+        for p, f in zip(params, flags, strict=True):
+            p.requires_grad_(f)
+            p.grad = None
+        layer.to(home_dtype)
+    with torch.no_grad():
+        new_outs = _run_layer(layer, inps, kwargs, conv, dev, cfg.chunk_samples, None)
+    after = relative_output_error(new_outs[:n_fit], reference)
+    if not after < before:  # includes NaN: the fit did not help, put the pruned weights back
+        with torch.no_grad():
+            for t, w in zip(fitted, saved, strict=True):
+                t.module.weight.copy_(w)
+        report = BlockFitReport(before, before, True)
+        new_outs = outs
+    else:
+        report = BlockFitReport(before, after, False)
+    records = [
+        dataclasses.replace(r, block_error_before=report.error_before, block_error_after=report.error_after)
+        if r.name in pruned else r
+        for r in records
+    ]
+    return new_outs, records, report
+
+
 def replay_layer(layer: nn.Module, inps: torch.Tensor, kwargs: dict, conv: LayerInputs, cfg: WalkConfig) -> torch.Tensor:
     """Outputs of an already pruned layer (used when resuming)."""
     with torch.no_grad():
@@ -451,22 +551,43 @@ def prune_model(
         move_except_layers(model, adapter, home)
     records: list[LayerRecord] = []
     done = checkpoint.done if checkpoint is not None else 0
+    fit = block_fit_settings(cfg.options)
+    # Block reconstruction fits on the first ``fit_n`` windows (each seen once per pass: steps x
+    # batch of them); towards the dense model it carries those windows' dense activations along.
+    fit_n = min(inps.shape[0], fit.steps * fit.batch) if fit is not None else 0
+    dense_inps = inps[:fit_n].clone() if fit is not None and fit.target == "model" else None
     for i, layer in enumerate(layers):
         t0 = time.perf_counter()
         prefix = f"{adapter.layers_path}.{i}"
         layer.to(cfg.device)
+        reference = None
+        if fit is not None:  # the dense layer's outputs, computed before it is pruned (or loaded from a checkpoint)
+            with torch.no_grad():
+                reference = _run_layer(
+                    layer, dense_inps if dense_inps is not None else inps[:fit_n], conv.kwargs[i], conv,
+                    cfg.device, cfg.chunk_samples, None,
+                )
         if i < done:
             assert checkpoint is not None
             recs = checkpoint.load_layer(i, layer, prefix)
             outs = replay_layer(layer, inps, conv.kwargs[i], conv, cfg)
         else:
             outs, recs = prune_layer(layer, prefix, inps, conv.kwargs[i], conv, cfg)
+            if fit is not None:
+                assert reference is not None
+                _check_finite(outs, f"the output of decoder layer {i} ({prefix})")
+                outs, recs, _ = fit_layer(
+                    layer, recs, layer_targets(layer, prefix, cfg.exclude), inps, outs, reference,
+                    conv.kwargs[i], conv, cfg, fit, seed=i,
+                )
         _check_finite(outs, f"the output of decoder layer {i} ({prefix})")
         layer.to(home)
         if i >= done and checkpoint is not None:
             checkpoint.save_layer(i, layer, prefix, recs)
         records.extend(recs)
         inps = outs
+        if dense_inps is not None:
+            dense_inps = reference
         if progress is not None:
             progress(i, len(layers), time.perf_counter() - t0)
     return records
