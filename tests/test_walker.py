@@ -205,3 +205,28 @@ def test_targets_listing(tiny_dirs):
     assert len(names) == 14 and "model.layers.0.self_attn.q_proj" in names
     assert not any("embed" in n or "lm_head" in n for n in names)
     json.dumps(names)
+
+
+def test_dense_inputs_mode_is_exact_and_calibrates_on_unpruned_inputs(tiny_dirs):
+    """``true_sequential=False`` (the ablation's ``@dense-inputs``): same exact 2:4, other statistics."""
+    from transformers import AutoModelForCausalLM
+
+    from sparse_trt.prune.methods import get_method, parse_options
+
+    spec = get_method("sparsegpt")
+    ids = torch.randint(3, tiny.VOCAB, (4, 32), generator=torch.Generator().manual_seed(0))
+    weights = {}
+    for seq in (True, False):
+        model = AutoModelForCausalLM.from_pretrained(tiny_dirs("llama"))
+        adapter = adapter_for("llama")
+        cfg = sequential.WalkConfig(method=spec, options=parse_options(spec, {}), pattern=NM(2, 4), device=CPU,
+                                    store_device=CPU, chunk_samples=4, true_sequential=seq)
+        sequential.prune_model(model, adapter, ids, cfg)
+        targets = all_targets(model, adapter)
+        assert all(nm_violations(t.weight_out_in(), NM(2, 4)) == 0 for t in targets)
+        weights[seq] = {t.name: t.weight_out_in().clone() for t in targets}
+    # the first group of each layer sees the same inputs either way in layer 0 ...
+    first = "model.layers.0.self_attn.q_proj"
+    assert torch.equal(weights[True][first], weights[False][first])
+    # ... later linears do not (o_proj is calibrated on dense attention outputs in the ablation)
+    assert not torch.equal(weights[True]["model.layers.0.self_attn.o_proj"], weights[False]["model.layers.0.self_attn.o_proj"])

@@ -54,6 +54,10 @@ class WalkConfig:
     # name -> pattern (None: keep dense). Names absent from the map use ``pattern``.
     layer_patterns: Mapping[str, Pattern | None] = field(default_factory=dict)
     sample_rows: int = 2048
+    # True (SparseGPT's "true sequential"): each linear is calibrated on the outputs of the already
+    # pruned linears before it in the layer. False: every linear on the dense layer's own inputs
+    # (one statistics pass, then all are pruned); kept for the ablation in benchmarks/ablation.py.
+    true_sequential: bool = True
 
 
 @dataclass
@@ -376,7 +380,23 @@ def prune_layer(
     dev = cfg.device
 
     with torch.no_grad():
-        if cfg.chunk_samples >= nsamples:
+        if not cfg.true_sequential:
+            # Every group's statistics from one pass over the unpruned layer, then all are pruned.
+            accs = [pruner.accumulator(g[0].in_features, dev) for g in groups]
+            handles = []
+            for g, acc in zip(groups, accs, strict=True):
+                def hook(_m, args, acc=acc):
+                    acc.add(args[0], total_rows)
+                handles.append(g[0].module.register_forward_pre_hook(hook))
+            try:
+                _run_layer(layer, inps, kwargs, conv, dev, cfg.chunk_samples, None)
+            finally:
+                for h in handles:
+                    h.remove()
+            for g, acc in zip(groups, accs, strict=True):
+                pruner.prune_group(g, acc.finish())
+            outs = _run_layer(layer, inps, kwargs, conv, dev, cfg.chunk_samples, None)
+        elif cfg.chunk_samples >= nsamples:
             # One pass: each group's first member gathers stats and prunes the whole group in place.
             handles = []
             for g in groups:
