@@ -53,7 +53,10 @@ def register(app: typer.Typer) -> None:
     def prune_cmd(
         model: str = typer.Argument(..., help="HF model folder, hub id, .gguf file, or the built-in 'smollm2'."),
         out: Path = typer.Option(..., "-o", "--out", help="Output folder (HF checkpoint + sparsity.json), written atomically."),
-        method: str = typer.Option("sparsegpt", "--method", "-m", help=f"Pruning method: {', '.join(method_names())}."),
+        method: str | None = typer.Option(
+            None, "--method", "-m", show_default=False,
+            help=f"Pruning method: {', '.join(method_names())}. Default: the plan's method with --plan, else sparsegpt.",
+        ),
         pattern: str = typer.Option("2:4", "--pattern", "-p", help="N:M (at most N non-zeros per M inputs, e.g. 2:4, 4:8) or a fraction in (0,1) for unstructured per-row sparsity."),
         calib: str = typer.Option("wiki", "--calib", help="Calibration text: 'wiki' (built-in corpus), FILE.txt, or FILE.jsonl with a 'text' field."),
         nsamples: int = typer.Option(128, "--nsamples", help="Number of calibration windows."),
@@ -80,6 +83,14 @@ def register(app: typer.Typer) -> None:
             loaded_plan = load_plan(plan)
             layer_patterns = loaded_plan.layer_patterns()
             plan_source = str(plan)
+            if method is None:
+                method = loaded_plan.method
+            elif method != loaded_plan.method:
+                console.print(
+                    f"[yellow]note:[/] the plan was made with {loaded_plan.method}; pruning with {method} "
+                    "(its estimate may not carry over)"
+                )
+        method = method or "sparsegpt"
         get_method(method)
         req = PruneRequest(
             model=model,
