@@ -39,3 +39,25 @@ def calib_jsonl(tmp_path_factory) -> Path:
     text = tiny.corpus_text(20000, 3).split("\n")
     p.write_text("\n".join(json.dumps({"text": t}) for t in text) + "\n", encoding="utf-8")
     return p
+
+
+@pytest.fixture
+def interrupt_second_layer(monkeypatch):
+    """Install a KeyboardInterrupt in the walker's second ``prune_layer`` call; returns an undo function."""
+    from sparse_trt.prune import sequential
+
+    real = sequential.prune_layer
+    calls = {"n": 0}
+
+    def interrupted(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    def install():
+        calls["n"] = 0
+        monkeypatch.setattr(sequential, "prune_layer", interrupted)
+        return lambda: monkeypatch.setattr(sequential, "prune_layer", real)
+
+    return install

@@ -13,7 +13,6 @@ from sparse_trt.core.patterns import NM, nm_violations
 from sparse_trt.data.text import parse_source
 from sparse_trt.data.windows import calibration_windows
 from sparse_trt.models.loading import load_model
-from sparse_trt.prune import sequential
 from sparse_trt.prune.api import PruneRequest, add_bos_for, run_prune
 from sparse_trt.prune.blockfit import BlockFitSettings, fit_kept_weights, relative_output_error
 from sparse_trt.prune.masks import keep_mask
@@ -129,24 +128,15 @@ def test_block_fit_in_bfloat16_keeps_dtype_and_pattern(tiny_dirs, calib_file, tm
     assert verify_dir(out).ok
 
 
-def test_block_fit_resume_is_bit_identical(tiny_dirs, calib_file, tmp_path, monkeypatch):
+def test_block_fit_resume_is_bit_identical(tiny_dirs, calib_file, tmp_path, interrupt_second_layer):
     src = tiny_dirs("llama")
     ref = tmp_path / "ref"
     run_prune(_req(src, ref, calib_file))
     out = tmp_path / "resumed"
-    real = sequential.prune_layer
-    calls = {"n": 0}
-
-    def interrupted(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(sequential, "prune_layer", interrupted)
+    undo = interrupt_second_layer()
     with pytest.raises(InterruptedRun):
         run_prune(_req(src, out, calib_file))
-    monkeypatch.setattr(sequential, "prune_layer", real)
+    undo()
     assert run_prune(_req(src, out, calib_file, resume=True)).resumed_layers == 1
     a, b = load_file(str(ref / "model.safetensors")), load_file(str(out / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)

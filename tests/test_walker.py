@@ -121,28 +121,19 @@ def test_deterministic_under_seed(tiny_dirs, calib_file, tmp_path):
     assert any(not torch.equal(a[k], c[k]) for k in a)
 
 
-def test_resume_is_bit_identical(tiny_dirs, calib_file, tmp_path, monkeypatch):
+def test_resume_is_bit_identical(tiny_dirs, calib_file, tmp_path, interrupt_second_layer):
     src = tiny_dirs("llama")
     ref = tmp_path / "ref"
     run_prune(_req(src, ref, calib_file))
 
     out = tmp_path / "resumed"
-    real = sequential.prune_layer
-    calls = {"n": 0}
-
-    def interrupted(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(sequential, "prune_layer", interrupted)
+    undo = interrupt_second_layer()
     with pytest.raises(InterruptedRun) as e:
         run_prune(_req(src, out, calib_file))
     assert "--resume" in str(e.value)
     assert not out.exists()
     # a plain re-run refuses to silently discard the progress
-    monkeypatch.setattr(sequential, "prune_layer", real)
+    undo()
     with pytest.raises(ResumeError):
         run_prune(_req(src, out, calib_file))
     # resuming with other settings is refused
