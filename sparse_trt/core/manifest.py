@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ManifestError
+from .jsonio import read_json_object
 from .patterns import Pattern, parse_pattern
 
 MANIFEST_NAME = "sparsity.json"
@@ -112,12 +113,7 @@ class Manifest:
                 f"no {MANIFEST_NAME} in '{directory}': this is not a sparse_trt-pruned model directory",
                 fix="prune it first with `sparse-trt prune MODEL -o DIR`",
             )
-        try:
-            d = json.loads(p.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ManifestError(f"'{p}' is not readable JSON ({e})", fix="re-run `sparse-trt prune` to regenerate it") from None
-        if not isinstance(d, dict):
-            raise ManifestError(f"'{p}' does not hold a JSON object", fix="re-run `sparse-trt prune`")
+        d = read_json_object(p, ManifestError, fix="re-run `sparse-trt prune` to regenerate it")
         return cls.from_dict(d, source=str(p))
 
 

@@ -6,7 +6,6 @@ checkpoint written by ``sparse-trt prune``.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import torch
 from safetensors import safe_open
 
 from sparse_trt.core.errors import ManifestError
+from sparse_trt.core.jsonio import read_json_object
 from sparse_trt.core.manifest import Manifest
 from sparse_trt.core.patterns import NM, Unstructured, nm_violations, parse_pattern
 
@@ -54,10 +54,9 @@ def weight_files(directory: Path) -> dict[str, Path]:
     directory = Path(directory)
     index = directory / "model.safetensors.index.json"
     if index.is_file():
-        try:
-            wm = json.loads(index.read_text())["weight_map"]
-        except (OSError, json.JSONDecodeError, KeyError) as e:
-            raise ManifestError(f"'{index}' is unreadable ({e})", fix="re-run `sparse-trt prune`") from None
+        wm = read_json_object(index, ManifestError, fix="re-run `sparse-trt prune`").get("weight_map")
+        if not isinstance(wm, dict):
+            raise ManifestError(f"'{index}' has no weight_map", fix="re-run `sparse-trt prune`")
         return {k: directory / v for k, v in wm.items()}
     single = directory / "model.safetensors"
     if not single.is_file():
