@@ -5,7 +5,7 @@ For every (method, pattern): prune in a fresh process (prune seconds from the ma
 seconds and peak RSS of the process from the OS), then perplexity on the held-out wiki windows.
 Same calibration for all: 32 windows x 512 tokens, seed 0; evaluation: 32 windows x 512.
 
-    python benchmarks/pruning.py --out bench_out/pruning            # everything
+    python benchmarks/pruning.py --out bench_out/pruning            # every method, 2:4, 4:8, 50%
     python benchmarks/pruning.py --methods sparsegpt,wanda --patterns 2:4
 
 Writes OUT/results.json and prints a Markdown table (paste it into benchmarks/RESULTS.md with the
@@ -45,7 +45,7 @@ def run_child(cmd: list[str]) -> tuple[float, float, str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2")
-    ap.add_argument("--methods", default="magnitude,wanda,sparsegpt")
+    ap.add_argument("--methods", default="magnitude,wanda,ria,sparsegpt,sparsegpt-refit,sparsegpt-block")
     ap.add_argument("--patterns", default="2:4,4:8,0.5")
     ap.add_argument("--nsamples", type=int, default=32)
     ap.add_argument("--seqlen", type=int, default=512)
@@ -85,7 +85,8 @@ def main() -> None:
             print(f"{tag}: ppl {ppl:.2f}  prune {row['prune_s']:.1f}s  wall {wall:.1f}s  rss {rss:.0f} MiB", flush=True)
 
     result = {
-        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count()},
+        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
+                    "load_average_at_end": [round(x, 2) for x in os.getloadavg()]},
         "date": time.strftime("%Y-%m-%d"),
         "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
         "calibration": {"source": "wiki", "nsamples": args.nsamples, "seqlen": args.seqlen, "seed": 0},

@@ -83,14 +83,15 @@ def test_plan_round_trip_and_prune_honours_it(tiny_dirs, calib_file, tmp_path):
 def test_prune_plan_uses_the_plans_method_unless_told(tiny_dirs, calib_file, tmp_path):
     src = tiny_dirs("llama")
     path = tmp_path / "plan.json"
-    make_plan(_plan_req(src, path, calib_file, keep_dense=2, method="wanda"))
+    make_plan(_plan_req(src, path, calib_file, keep_dense=2, method="sparsegpt-refit", options={"refit": "3"}))
     common = ["--plan", str(path), "--calib", str(calib_file), "--nsamples", "4", "--seqlen", "32", "--device", "cpu"]
     res = CliRunner().invoke(app, ["prune", str(src), "-o", str(tmp_path / "a"), *common])
     assert res.exit_code == 0, res.output
-    assert Manifest.load(tmp_path / "a").method == "wanda"
+    m = Manifest.load(tmp_path / "a")
+    assert m.method == "sparsegpt-refit" and m.method_options["refit"] == 3  # the plan's method and options
     res = CliRunner().invoke(app, ["prune", str(src), "-o", str(tmp_path / "b"), "--method", "magnitude", *common])
     assert res.exit_code == 0, res.output
-    assert "plan was made with wanda" in res.output
+    assert "plan was made with sparsegpt-refit" in res.output
     assert Manifest.load(tmp_path / "b").method == "magnitude"
 
 

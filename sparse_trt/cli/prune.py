@@ -55,7 +55,7 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(..., "-o", "--out", help="Output folder (HF checkpoint + sparsity.json), written atomically."),
         method: str | None = typer.Option(
             None, "--method", "-m", show_default=False,
-            help=f"Pruning method: {', '.join(method_names())}. Default: the plan's method with --plan, else sparsegpt.",
+            help=f"Pruning method: {', '.join(method_names())}. Default: the plan's method (and --opt values) with --plan, else sparsegpt.",
         ),
         pattern: str = typer.Option("2:4", "--pattern", "-p", help="N:M (at most N non-zeros per M inputs, e.g. 2:4, 4:8) or a fraction in (0,1) for unstructured per-row sparsity."),
         calib: str = typer.Option("wiki", "--calib", help="Calibration text: 'wiki' (built-in corpus), FILE.txt, or FILE.jsonl with a 'text' field."),
@@ -85,6 +85,9 @@ def register(app: typer.Typer) -> None:
             plan_source = str(plan)
             if method is None:
                 method = loaded_plan.method
+                if not opt:  # the plan's method with the options it was measured with
+                    plan_options = loaded_plan.details.get("options") or {}
+                    opt = [f"{k}={v}" for k, v in plan_options.items()]
             elif method != loaded_plan.method:
                 console.print(
                     f"[yellow]note:[/] the plan was made with {loaded_plan.method}; pruning with {method} "

@@ -290,9 +290,9 @@ register(
 class SparseGPTBlockOptions(SparseGPTRefitOptions):
     """SparseGPT + refit per linear, then block reconstruction per decoder layer (prune/blockfit.py)."""
 
-    block_steps: int = 4  # Adam steps per decoder layer on mini-batches of calibration windows (0: off)
+    block_steps: int = 8  # Adam steps per decoder layer on mini-batches of calibration windows (0: off)
     block_lr: float = 1e-3  # peak learning rate, cosine-decayed to 0
-    block_batch: int = 4  # calibration windows per step
+    block_batch: int = 2  # calibration windows per step
     block_target: str = "model"  # "model": the dense model's outputs; "layer": the dense layer on the pruned inputs
 
     def __post_init__(self) -> None:
