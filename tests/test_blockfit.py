@@ -51,6 +51,13 @@ def _fit_once(seed: int = 0):
     return before, after, weights, zeros
 
 
+def test_error_measures():
+    ref = torch.tensor([[[3.0, 4.0], [0.0, 1.0]]])  # token norms^2: 25 and 1
+    out = ref + torch.tensor([[[0.0, 1.0], [0.0, 1.0]]])  # squared error 1 on each token
+    assert relative_output_error(out, ref, "mse") == pytest.approx(2 / 26)
+    assert relative_output_error(out, ref, "token") == pytest.approx((1 / 25 + 1 / 1) / 2)
+
+
 def test_fit_lowers_block_error_keeps_zeros_and_is_deterministic():
     before, after, weights, zeros = _fit_once()
     assert after < 0.8 * before
@@ -150,6 +157,8 @@ def test_block_options_rejected_with_fix():
     spec = get_method("sparsegpt-block")
     with pytest.raises(InputError, match="block_target must be 'model' or 'layer'"):
         parse_options(spec, {"block_target": "nope"})
+    with pytest.raises(InputError, match="block_loss must be 'token' or 'mse'"):
+        parse_options(spec, {"block_loss": "l1"})
     with pytest.raises(InputError, match="block_lr must be > 0"):
         parse_options(spec, {"block_lr": "0"})
     with pytest.raises(InputError, match="block_batch must be >= 1"):

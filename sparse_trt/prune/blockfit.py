@@ -30,9 +30,11 @@ class BlockFitSettings:
     lr: float  # peak Adam learning rate (cosine decay to 0 over ``steps``)
     batch: int  # calibration windows per step
     target: str  # "model": outputs of the dense model on its own inputs; "layer": dense layer on pruned inputs
+    loss: str = "token"  # "token": mean over tokens of each token's relative error; "mse": relative MSE of the whole output
 
 
 TARGETS = ("model", "layer")
+LOSSES = ("token", "mse")
 
 
 @dataclass(frozen=True)
@@ -42,16 +44,29 @@ class BlockFitReport:
     reverted: bool
 
 
-def relative_output_error(out: torch.Tensor, ref: torch.Tensor, chunk: int = 8) -> float:
-    """``||out - ref||^2 / ||ref||^2`` accumulated in float64, chunked along the first dimension."""
+def relative_output_error(out: torch.Tensor, ref: torch.Tensor, loss: str = "mse", chunk: int = 8) -> float:
+    """The fit's error measure over a whole set, accumulated in float64, chunked along the first dimension.
+
+    ``"mse"``: ``||out - ref||^2 / ||ref||^2``. ``"token"``: the mean over tokens (all leading
+    dimensions) of ``||out_t - ref_t||^2 / ||ref_t||^2`` over the last dimension.
+    """
     num = 0.0
     den = 0.0
     for s in range(0, out.shape[0], chunk):
         o = out[s : s + chunk].double()
         r = ref[s : s + chunk].to(o.device).double()
-        num += float((o - r).pow(2).sum())
-        den += float(r.pow(2).sum())
+        if loss == "token":
+            num += float(_token_errors(o, r).sum())
+            den += r[..., 0].numel()
+        else:
+            num += float((o - r).pow(2).sum())
+            den += float(r.pow(2).sum())
     return num / den if den > 0 else 0.0
+
+
+def _token_errors(out: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    tiny = torch.finfo(ref.dtype).tiny
+    return (out - ref).pow(2).sum(-1) / ref.pow(2).sum(-1).clamp_min(tiny)
 
 
 def fit_kept_weights(
@@ -70,8 +85,9 @@ def fit_kept_weights(
     if settings.steps <= 0 or n == 0 or not weights:
         return
     masks = [(w.detach() != 0).to(w.dtype) for w in weights]
-    scale = float(reference.double().pow(2).mean())
-    scale = scale if scale > 0 else 1.0
+    scale = 1.0
+    if settings.loss == "mse":
+        scale = float(reference.double().pow(2).mean()) or 1.0
     opt = torch.optim.Adam(list(weights), lr=settings.lr)
     batch = max(1, min(settings.batch, n))
     order = torch.randperm(n, generator=generator)
@@ -86,7 +102,10 @@ def fit_kept_weights(
         opt.zero_grad(set_to_none=True)
         out = forward(idx)
         ref = reference[idx].to(device=out.device, dtype=out.dtype)
-        loss = (out - ref).pow(2).mean() / scale
+        if settings.loss == "token":  # every token counts alike, whatever its norm (attention sinks are huge)
+            loss = _token_errors(out, ref).mean()
+        else:
+            loss = (out - ref).pow(2).mean() / scale
         loss.backward()
         for w, m in zip(weights, masks, strict=True):
             if w.grad is not None:

@@ -294,6 +294,7 @@ class SparseGPTBlockOptions(SparseGPTRefitOptions):
     block_lr: float = 1e-3  # peak learning rate, cosine-decayed to 0
     block_batch: int = 2  # calibration windows per step
     block_target: str = "model"  # "model": the dense model's outputs; "layer": the dense layer on the pruned inputs
+    block_loss: str = "token"  # "token": mean per-token relative error; "mse": relative MSE of the whole output
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -305,6 +306,8 @@ class SparseGPTBlockOptions(SparseGPTRefitOptions):
             raise ValueError("block_batch must be >= 1")
         if self.block_target not in ("model", "layer"):
             raise ValueError("block_target must be 'model' or 'layer'")
+        if self.block_loss not in ("token", "mse"):
+            raise ValueError("block_loss must be 'token' or 'mse'")
 
 
 register(

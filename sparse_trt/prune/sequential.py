@@ -33,7 +33,14 @@ from sparse_trt.core.manifest import LayerRecord
 from sparse_trt.core.patterns import NM, Pattern, check_divisible
 from sparse_trt.models.adapters import Adapter, Target, layer_targets
 
-from .blockfit import TARGETS, BlockFitReport, BlockFitSettings, fit_kept_weights, relative_output_error
+from .blockfit import (
+    LOSSES,
+    TARGETS,
+    BlockFitReport,
+    BlockFitSettings,
+    fit_kept_weights,
+    relative_output_error,
+)
 from .methods import MethodSpec
 from .stats import InputStats, StatsAccumulator, relative_error
 
@@ -446,8 +453,12 @@ def block_fit_settings(options: Any) -> BlockFitSettings | None:
     target = str(getattr(options, "block_target", "model"))
     if target not in TARGETS:
         raise InputError(f"block_target={target!r} is unknown", fix=f"use one of: {', '.join(TARGETS)}")
+    loss = str(getattr(options, "block_loss", "token"))
+    if loss not in LOSSES:
+        raise InputError(f"block_loss={loss!r} is unknown", fix=f"use one of: {', '.join(LOSSES)}")
     return BlockFitSettings(
-        steps=steps, lr=float(getattr(options, "block_lr", 1e-4)), batch=int(getattr(options, "block_batch", 4)), target=target
+        steps=steps, lr=float(getattr(options, "block_lr", 1e-3)), batch=int(getattr(options, "block_batch", 2)),
+        target=target, loss=loss,
     )
 
 
@@ -481,7 +492,7 @@ def fit_layer(
     pruned = {r.name for r in records if r.pattern is not None}
     fitted = [t for t in targets if t.name in pruned]
     n_fit = reference.shape[0]
-    before = relative_output_error(outs[:n_fit], reference)
+    before = relative_output_error(outs[:n_fit], reference, fit.loss)
     if not fitted:
         return outs, records, BlockFitReport(before, before, True)
     dev = cfg.device
@@ -516,7 +527,7 @@ def fit_layer(
         layer.to(home_dtype)
     with torch.no_grad():
         new_outs = _run_layer(layer, inps, kwargs, conv, dev, cfg.chunk_samples, None)
-    after = relative_output_error(new_outs[:n_fit], reference)
+    after = relative_output_error(new_outs[:n_fit], reference, fit.loss)
     if not after < before:  # includes NaN: the fit did not help, put the pruned weights back
         with torch.no_grad():
             for t, w in zip(fitted, saved, strict=True):
