@@ -45,7 +45,7 @@ def run_child(cmd: list[str]) -> tuple[float, float, str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2")
-    ap.add_argument("--methods", default="magnitude,wanda,ria,sparsegpt,sparsegpt-refit,sparsegpt-block")
+    ap.add_argument("--methods", default="magnitude,wanda,sparsegpt,sparsegpt-refit,sparsegpt-block")
     ap.add_argument("--patterns", default="2:4,4:8,0.5")
     ap.add_argument("--nsamples", type=int, default=32)
     ap.add_argument("--seqlen", type=int, default=512)

@@ -253,16 +253,15 @@ def _wanda_obs(w: torch.Tensor, stats: InputStats, pattern: Pattern, opts: MaskO
     return _mask_then_obs(w, stats, pattern, opts, wanda_scores(w, _col_norm_sq(stats)))
 
 
-register(
-    MethodSpec(
-        "ria",
-        "relative importance (row + column) x activation norm^alpha, no update (Zhang et al. 2024)",
-        True, False, False, RIAOptions, _ria,
-    )
+# Measured and not shipped as methods (benchmarks/RESULTS.md, "Pruning leaderboard (issue 6)"): plain
+# RIA is worse than Wanda on SmolLM2 (2:4 and 4:8) and Gemma 3 (2:4); an imposed RIA or Wanda mask +
+# OBS update reconstructs worse than SparseGPT, with or without swap refinement. The specs stay
+# importable for experiments and tests; they are not registered.
+RIA = MethodSpec(
+    "ria",
+    "relative importance (row + column) x activation norm^alpha, no update (Zhang et al. 2024)",
+    True, False, False, RIAOptions, _ria,
 )
-# Measured and not shipped as methods (benchmarks/RESULTS.md, "Pruning leaderboard (issue 6)"): an
-# imposed RIA or Wanda mask + OBS update reconstructs worse than SparseGPT, with or without swap
-# refinement. The specs stay importable for experiments and tests; they are not registered.
 RIA_OBS = (
     MethodSpec(
         "ria-obs",
