@@ -44,7 +44,7 @@ def _fit_once(seed: int = 0):
     with torch.no_grad():
         before = relative_output_error(forward(torch.arange(16)), ref)
     weights = [pruned[0].weight, pruned[2].weight]
-    fit_kept_weights(forward, ref, weights, BlockFitSettings(steps=30, lr=3e-3, batch=4, target="layer"),
+    fit_kept_weights(forward, ref, weights, BlockFitSettings(steps=30, lr=3e-2, batch=4, target="layer"),
                      torch.Generator().manual_seed(seed))
     with torch.no_grad():
         after = relative_output_error(forward(torch.arange(16)), ref)
@@ -166,3 +166,20 @@ def test_block_options_rejected_with_fix():
     with pytest.raises(InputError, match="'block_steps' is not an option of method 'sparsegpt-refit'"):
         parse_options(get_method("sparsegpt-refit"), {"block_steps": "4"})
     assert parse_options(spec, {}).block_steps > 0
+
+
+def test_step_size_is_relative_to_the_weight_scale():
+    """Scaling a linear block's weights and targets by c scales the fitted weights by c (lr relative to RMS)."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(8, 16, 32, generator=g)
+    w_dense = torch.randn(24, 32, generator=g)
+    ref = x @ w_dense.t()
+    start = w_dense * keep_mask(w_dense.abs(), NM(2, 4)).float()
+    fitted = []
+    for c in (1.0, 0.01):
+        w = nn.Parameter(start * c)
+        fit_kept_weights(lambda idx, w=w: x[idx] @ w.t(), ref * c, [w],
+                         BlockFitSettings(steps=12, lr=1e-2, batch=2, target="layer"), torch.Generator().manual_seed(0))
+        fitted.append(w.detach() / c)
+    assert not torch.equal(fitted[0], start)
+    torch.testing.assert_close(fitted[0], fitted[1], rtol=1e-3, atol=1e-5)

@@ -25,13 +25,13 @@ CPU = torch.device("cpu")
 
 
 def test_quality_order_at_2of4(tmp_path):
-    """SparseGPT < Wanda < magnitude in held-out perplexity, with a small calibration set."""
+    """sparsegpt-block < SparseGPT < Wanda < magnitude in held-out perplexity, with a small calibration set."""
     ppl = {}
-    for method in ("sparsegpt", "wanda", "magnitude"):
+    for method in ("sparsegpt-block", "sparsegpt", "wanda", "magnitude"):
         out = tmp_path / method
         run_prune(PruneRequest(model="smollm2", out=out, method=method, pattern=NM(2, 4), calib=TextSource("wiki"),
                                nsamples=8, seqlen=256, seed=0, device=CPU))
         assert verify_dir(out).ok
         ppl[method] = run_eval(str(out), TextSource("wiki"), 256, 8, CPU).perplexity
     dense = run_eval("smollm2", TextSource("wiki"), 256, 8, CPU, record=False).perplexity
-    assert dense < ppl["sparsegpt"] < ppl["wanda"] < ppl["magnitude"], (dense, ppl)
+    assert dense < ppl["sparsegpt-block"] < ppl["sparsegpt"] < ppl["wanda"] < ppl["magnitude"], (dense, ppl)

@@ -27,7 +27,7 @@ BatchForward = Callable[[torch.Tensor], torch.Tensor]  # window indices -> layer
 @dataclass(frozen=True)
 class BlockFitSettings:
     steps: int  # optimiser steps per decoder layer (0: off)
-    lr: float  # peak Adam learning rate (cosine decay to 0 over ``steps``)
+    lr: float  # peak Adam step as a fraction of each weight matrix's RMS (cosine decay to 0 over ``steps``)
     batch: int  # calibration windows per step
     target: str  # "model": outputs of the dense model on its own inputs; "layer": dense layer on pruned inputs
     loss: str = "token"  # "token": mean over tokens of each token's relative error; "mse": relative MSE of the whole output
@@ -85,10 +85,17 @@ def fit_kept_weights(
     if settings.steps <= 0 or n == 0 or not weights:
         return
     masks = [(w.detach() != 0).to(w.dtype) for w in weights]
+    # Adam's steps have the size of the learning rate whatever the gradient's scale, so the rate is
+    # relative to each matrix's kept-weight RMS: weights of Gemma 3 are ~6x smaller than SmolLM2's.
+    base_lrs = []
+    for w, m in zip(weights, masks, strict=True):
+        kept = float(m.sum())
+        rms = (float(w.detach().double().pow(2).sum()) / kept) ** 0.5 if kept else 0.0
+        base_lrs.append(settings.lr * (rms if rms > 0 else 1.0))
     scale = 1.0
     if settings.loss == "mse":
         scale = float(reference.double().pow(2).mean()) or 1.0
-    opt = torch.optim.Adam(list(weights), lr=settings.lr)
+    opt = torch.optim.Adam([{"params": [w], "lr": lr} for w, lr in zip(weights, base_lrs, strict=True)])
     batch = max(1, min(settings.batch, n))
     order = torch.randperm(n, generator=generator)
     pos = 0
@@ -97,8 +104,9 @@ def fit_kept_weights(
             order, pos = torch.randperm(n, generator=generator), 0
         idx = order[pos : pos + batch]
         pos += batch
-        for group in opt.param_groups:
-            group["lr"] = settings.lr * 0.5 * (1.0 + math.cos(math.pi * step / settings.steps))
+        decay = 0.5 * (1.0 + math.cos(math.pi * step / settings.steps))
+        for group, lr in zip(opt.param_groups, base_lrs, strict=True):
+            group["lr"] = lr * decay
         opt.zero_grad(set_to_none=True)
         out = forward(idx)
         ref = reference[idx].to(device=out.device, dtype=out.dtype)

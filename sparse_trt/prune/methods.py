@@ -290,7 +290,7 @@ class SparseGPTBlockOptions(SparseGPTRefitOptions):
     """SparseGPT + refit per linear, then block reconstruction per decoder layer (prune/blockfit.py)."""
 
     block_steps: int = 8  # Adam steps per decoder layer on mini-batches of calibration windows (0: off)
-    block_lr: float = 1e-3  # peak learning rate, cosine-decayed to 0
+    block_lr: float = 4e-3  # peak Adam step as a fraction of each weight matrix's RMS, cosine-decayed to 0
     block_batch: int = 2  # calibration windows per step
     block_target: str = "model"  # "model": the dense model's outputs; "layer": the dense layer on the pruned inputs
     block_loss: str = "token"  # "token": mean per-token relative error; "mse": relative MSE of the whole output

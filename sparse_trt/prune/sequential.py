@@ -457,7 +457,7 @@ def block_fit_settings(options: Any) -> BlockFitSettings | None:
     if loss not in LOSSES:
         raise InputError(f"block_loss={loss!r} is unknown", fix=f"use one of: {', '.join(LOSSES)}")
     return BlockFitSettings(
-        steps=steps, lr=float(getattr(options, "block_lr", 1e-3)), batch=int(getattr(options, "block_batch", 2)),
+        steps=steps, lr=float(getattr(options, "block_lr", 4e-3)), batch=int(getattr(options, "block_batch", 2)),
         target=target, loss=loss,
     )
 
