@@ -486,8 +486,8 @@ def fit_layer(
 
     Only the weights of linears that were pruned are fitted (their zeros stay zeros); linears left
     dense by a plan or ``--exclude``, norms and biases keep their values. The fit runs in float32
-    whatever the layer's dtype; the result is cast back, and kept only if it lowers the layer's
-    output error on the whole calibration set.
+    whatever the layer's dtype (its parameters are cast, buffers are left alone); the result is cast
+    back, and kept only if it lowers the layer's output error on the fitting windows.
     """
     pruned = {r.name for r in records if r.pattern is not None}
     fitted = [t for t in targets if t.name in pruned]
@@ -498,10 +498,12 @@ def fit_layer(
     dev = cfg.device
     params = list(layer.parameters())
     flags = [p.requires_grad for p in params]
-    home_dtype = fitted[0].module.weight.dtype
-    work_dtype = torch.promote_types(home_dtype, torch.float32)
+    home_dtypes = [p.dtype for p in params]
+    work_dtype = torch.promote_types(fitted[0].module.weight.dtype, torch.float32)
     saved = [t.module.weight.detach().clone() for t in fitted]
-    layer.to(work_dtype)
+    for p in params:
+        if p.is_floating_point():
+            p.data = p.data.to(work_dtype)
     kw = _float_kwargs(kwargs, work_dtype)
     batch = max(1, min(fit.batch, cfg.chunk_samples))
 
@@ -521,10 +523,10 @@ def fit_layer(
                 torch.Generator().manual_seed(seed),
             )
     finally:
-        for p, f in zip(params, flags, strict=True):
+        for p, f, d in zip(params, flags, home_dtypes, strict=True):
             p.requires_grad_(f)
             p.grad = None
-        layer.to(home_dtype)
+            p.data = p.data.to(d)
     with torch.no_grad():
         new_outs = _run_layer(layer, inps, kwargs, conv, dev, cfg.chunk_samples, None)
     after = relative_output_error(new_outs[:n_fit], reference, fit.loss)
