@@ -183,3 +183,15 @@ def test_step_size_is_relative_to_the_weight_scale():
         fitted.append(w.detach() / c)
     assert not torch.equal(fitted[0], start)
     torch.testing.assert_close(fitted[0], fitted[1], rtol=1e-3, atol=1e-5)
+
+
+def test_a_fit_that_hurts_is_reverted(tiny_dirs, calib_file, tmp_path):
+    """A wildly large step makes every layer worse: the weights must equal sparsegpt-refit's exactly."""
+    src = tiny_dirs("llama")
+    refit, block = tmp_path / "refit", tmp_path / "block"
+    run_prune(_req(src, refit, calib_file, method="sparsegpt-refit", options={"refit": "4"}))
+    run_prune(_req(src, block, calib_file, options={"block_steps": "4", "block_batch": "2", "refit": "4",
+                                                   "block_lr": "50"}))
+    a, b = load_file(str(refit / "model.safetensors")), load_file(str(block / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert all(r.block_error_after == r.block_error_before for r in Manifest.load(block).layers)

@@ -37,13 +37,6 @@ TARGETS = ("model", "layer")
 LOSSES = ("token", "mse")
 
 
-@dataclass(frozen=True)
-class BlockFitReport:
-    error_before: float  # relative output error of the layer on the calibration set, before the fit
-    error_after: float  # ... after the fit (equal to ``error_before`` when the fit was reverted)
-    reverted: bool
-
-
 def relative_output_error(out: torch.Tensor, ref: torch.Tensor, loss: str = "mse", chunk: int = 8) -> float:
     """The fit's error measure over a whole set, accumulated in float64, chunked along the first dimension.
 

@@ -15,6 +15,7 @@ import torch
 from sparse_trt.core.errors import InputError
 from sparse_trt.core.patterns import NM, Pattern
 
+from .blockfit import LOSSES, TARGETS, BlockFitSettings
 from .magnitude import magnitude_prune
 from .masks import keep_mask
 from .refine import refine_nm_mask
@@ -303,10 +304,16 @@ class SparseGPTBlockOptions(SparseGPTRefitOptions):
             raise ValueError("block_lr must be > 0")
         if self.block_batch < 1:
             raise ValueError("block_batch must be >= 1")
-        if self.block_target not in ("model", "layer"):
-            raise ValueError("block_target must be 'model' or 'layer'")
-        if self.block_loss not in ("token", "mse"):
-            raise ValueError("block_loss must be 'token' or 'mse'")
+        if self.block_target not in TARGETS:
+            raise ValueError(f"block_target must be {' or '.join(repr(t) for t in TARGETS)}")
+        if self.block_loss not in LOSSES:
+            raise ValueError(f"block_loss must be {' or '.join(repr(t) for t in LOSSES)}")
+
+    def block_fit(self) -> BlockFitSettings | None:
+        """What the layer walker runs after pruning each decoder layer (None: no block reconstruction)."""
+        if self.block_steps == 0:
+            return None
+        return BlockFitSettings(self.block_steps, self.block_lr, self.block_batch, self.block_target, self.block_loss)
 
 
 register(

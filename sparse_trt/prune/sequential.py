@@ -33,14 +33,7 @@ from sparse_trt.core.manifest import LayerRecord
 from sparse_trt.core.patterns import NM, Pattern, check_divisible
 from sparse_trt.models.adapters import Adapter, Target, layer_targets
 
-from .blockfit import (
-    LOSSES,
-    TARGETS,
-    BlockFitReport,
-    BlockFitSettings,
-    fit_kept_weights,
-    relative_output_error,
-)
+from .blockfit import BlockFitSettings, fit_kept_weights, relative_output_error
 from .methods import MethodSpec
 from .stats import InputStats, StatsAccumulator, relative_error
 
@@ -446,20 +439,9 @@ def prune_layer(
 
 
 def block_fit_settings(options: Any) -> BlockFitSettings | None:
-    """The block-reconstruction settings carried by a method's options (``block_*`` fields), or None."""
-    steps = int(getattr(options, "block_steps", 0) or 0)
-    if steps <= 0:
-        return None
-    target = str(getattr(options, "block_target", "model"))
-    if target not in TARGETS:
-        raise InputError(f"block_target={target!r} is unknown", fix=f"use one of: {', '.join(TARGETS)}")
-    loss = str(getattr(options, "block_loss", "token"))
-    if loss not in LOSSES:
-        raise InputError(f"block_loss={loss!r} is unknown", fix=f"use one of: {', '.join(LOSSES)}")
-    return BlockFitSettings(
-        steps=steps, lr=float(getattr(options, "block_lr", 4e-3)), batch=int(getattr(options, "block_batch", 2)),
-        target=target, loss=loss,
-    )
+    """Block-reconstruction settings of a method's options (their ``block_fit()``), or None."""
+    block_fit = getattr(options, "block_fit", None)
+    return block_fit() if block_fit is not None else None
 
 
 def _float_kwargs(kwargs: dict[str, Any], dtype: torch.dtype) -> dict[str, Any]:
@@ -478,7 +460,7 @@ def fit_layer(
     cfg: WalkConfig,
     fit: BlockFitSettings,
     seed: int,
-) -> tuple[torch.Tensor, list[LayerRecord], BlockFitReport]:
+) -> tuple[torch.Tensor, list[LayerRecord]]:
     """Block reconstruction of one pruned layer; returns its (new) outputs and updated records.
 
     ``reference`` holds the target outputs of the first ``len(reference)`` windows of ``inps``;
@@ -494,7 +476,7 @@ def fit_layer(
     n_fit = reference.shape[0]
     before = relative_output_error(outs[:n_fit], reference, fit.loss)
     if not fitted:
-        return outs, records, BlockFitReport(before, before, True)
+        return outs, records
     dev = cfg.device
     params = list(layer.parameters())
     flags = [p.requires_grad for p in params]
@@ -534,16 +516,12 @@ def fit_layer(
         with torch.no_grad():
             for t, w in zip(fitted, saved, strict=True):
                 t.module.weight.copy_(w)
-        report = BlockFitReport(before, before, True)
-        new_outs = outs
-    else:
-        report = BlockFitReport(before, after, False)
+        new_outs, after = outs, before
     records = [
-        dataclasses.replace(r, block_error_before=report.error_before, block_error_after=report.error_after)
-        if r.name in pruned else r
+        dataclasses.replace(r, block_error_before=before, block_error_after=after) if r.name in pruned else r
         for r in records
     ]
-    return new_outs, records, report
+    return new_outs, records
 
 
 def replay_layer(layer: nn.Module, inps: torch.Tensor, kwargs: dict, conv: LayerInputs, cfg: WalkConfig) -> torch.Tensor:
@@ -609,7 +587,7 @@ def prune_model(
             if fit is not None:
                 assert reference is not None
                 _check_finite(outs, f"the output of decoder layer {i} ({prefix})")
-                outs, recs, _ = fit_layer(
+                outs, recs = fit_layer(
                     layer, recs, layer_targets(layer, prefix, cfg.exclude), inps, outs, reference,
                     conv.kwargs[i], conv, cfg, fit, seed=i,
                 )
