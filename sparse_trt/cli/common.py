@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -36,9 +37,9 @@ def handle_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except SparseTrtError as e:
-            console.print(f"[bold red]error:[/] {e.message}", highlight=False, soft_wrap=True)
+            console.print(f"[bold red]error:[/] {escape(e.message)}", highlight=False, soft_wrap=True)
             if e.fix:
-                console.print(f"[yellow]fix:[/] {e.fix}", highlight=False, soft_wrap=True)
+                console.print(f"[yellow]fix:[/] {escape(e.fix)}", highlight=False, soft_wrap=True)
             raise typer.Exit(e.exit_code) from None
         except KeyboardInterrupt:
             console.print("[bold red]interrupted[/]")
@@ -51,7 +52,7 @@ def setup_logging(verbose: bool) -> None:
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(message)s",
-        handlers=[RichHandler(console=console, show_path=False)],
+        handlers=[RichHandler(console=console, show_path=False, markup=False)],
         force=True,
     )
     # transformers' own progress bars and warnings are noise on our console unless verbose

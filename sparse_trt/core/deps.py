@@ -7,6 +7,12 @@ from types import ModuleType
 
 from .errors import MissingDependencyError
 
+
+def _extra(name: str) -> str:
+    """How to install one of our extras, from PyPI and from a source checkout."""
+    return f"pip install 'sparse_trt[{name}]' (from a source checkout: pip install -e '.[{name}]', or bash scripts/setup.sh dev)"
+
+
 # module -> (what it is for, how to install it)
 _HINTS: dict[str, tuple[str, str]] = {
     "tensorrt_llm": (
@@ -16,14 +22,14 @@ _HINTS: dict[str, tuple[str, str]] = {
         "with NVIDIA's package index on a CUDA machine. Releases after 1.2.x / 1.3.0rc20 removed --weight_sparsity.",
     ),
     "tensorrt": ("TensorRT GEMM probes", "pip install tensorrt (CUDA machine; NVIDIA's index), or use the TensorRT-LLM container"),
-    "tritonclient": ("Triton client and config protobufs", "pip install 'sparse_trt[triton]'"),
-    "pytriton": ("the bundled tritonserver binary", "pip install 'sparse_trt[triton]'"),
-    "pynvml": ("GPU memory readings through NVML", "pip install 'sparse_trt[bench]'"),
-    "matplotlib": ("PNG plots in reports", "pip install 'sparse_trt[bench]'"),
-    "onnx": ("one-layer ONNX GEMM graphs", "pip install 'sparse_trt[onnx]'"),
-    "onnxruntime": ("running ONNX GEMM graphs on CPU", "pip install 'sparse_trt[onnx]'"),
-    "gguf": ("loading .gguf model files", "pip install 'sparse_trt[demo]'"),
-    "accelerate": ("loading .gguf model files", "pip install 'sparse_trt[demo]'"),
+    "tritonclient": ("Triton client and config protobufs", _extra("triton")),
+    "pytriton": ("the bundled tritonserver binary", _extra("triton")),
+    "pynvml": ("GPU memory readings through NVML", _extra("bench")),
+    "matplotlib": ("PNG plots in reports", _extra("bench")),
+    "onnx": ("one-layer ONNX GEMM graphs", _extra("onnx")),
+    "onnxruntime": ("running ONNX GEMM graphs on CPU", _extra("onnx")),
+    "gguf": ("loading .gguf model files", _extra("demo")),
+    "accelerate": ("loading .gguf model files", _extra("demo")),
     "modelopt": ("cross-checking exports against NVIDIA ModelOpt", "pip install nvidia-modelopt==0.47.0"),
 }
 
