@@ -45,6 +45,25 @@ class LayerRecord:
 
 
 @dataclass(frozen=True)
+class RecoveryRecord:
+    """``sparse-trt recover``: the kept weights were fine-tuned by distillation from a dense teacher, masks fixed."""
+
+    source: str  # the pruned folder it started from
+    teacher: str
+    data: str  # training text ('wiki' = the calibration pool of the built-in corpus, or a file)
+    tokens: int  # training tokens seen
+    steps: int  # optimizer steps
+    seqlen: int
+    batch: int
+    grad_accum: int
+    schedule: dict[str, Any]  # optimizer, lr, warmup, weight decay, temperature, hidden-loss weight, seed
+    heldout: dict[str, Any]  # held-out data, windows, and perplexity / mean token KL to the teacher before and after
+    seconds: float = 0.0
+    tokens_per_s: float = 0.0
+    curve: tuple[dict[str, Any], ...] = ()  # held-out perplexity / KL vs training tokens (if measured)
+
+
+@dataclass(frozen=True)
 class Manifest:
     tool: str
     version: str
@@ -60,6 +79,7 @@ class Manifest:
     dtype: str = "float32"
     created: str = ""
     quality: dict[str, Any] = field(default_factory=dict)
+    recovery: RecoveryRecord | None = None
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -97,6 +117,11 @@ class Manifest:
             kw["calibration"] = calib
             kw["layers"] = tuple(layers)
             kw["excluded"] = tuple(d.get("excluded", ()))
+            if d.get("recovery") is not None:
+                _reject_unknown(RecoveryRecord, d["recovery"], f"{source}: recovery")
+                rec = dict(d["recovery"])
+                rec["curve"] = tuple(rec.get("curve", ()))
+                kw["recovery"] = RecoveryRecord(**rec)
             m = cls(**kw)
             parse_pattern(m.pattern)
             return m
