@@ -8,11 +8,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from sparse_trt.data.text import parse_source
-from sparse_trt.eval.api import run_eval
-
 from .common import console, handle_errors, out, progress_bar, setup_logging
-from .options import resolve_device, resolve_dtype
 
 
 def register(app: typer.Typer) -> None:
@@ -27,10 +23,20 @@ def register(app: typer.Typer) -> None:
         dtype: str = typer.Option("auto", "--dtype", help="auto, float32, float16, bfloat16."),
         json_path: Path | None = typer.Option(None, "--json", help="Also write the result as JSON here."),
         record: bool = typer.Option(True, "--record/--no-record", help="Store the result in the folder's sparsity.json (if any)."),
-        trust_remote_code: bool = typer.Option(False, "--trust-remote-code"),
-        verbose: bool = typer.Option(False, "--verbose", "-v"),
+        trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow models that ship custom code."),
+        verbose: bool = typer.Option(False, "--verbose", "-v", help="Show library logs."),
     ) -> None:
-        """Perplexity over non-overlapping windows, with BOS handled per model family."""
+        """Perplexity over non-overlapping held-out windows, with BOS handled per model family.
+
+        Prints the window spec with every figure and, for a pruned folder whose sparsity.json holds a dense
+        reference (the demo records one), that reference and whether it was measured on the same windows.
+        """
+        from sparse_trt.core.manifest import MANIFEST_NAME
+        from sparse_trt.data.text import parse_source
+        from sparse_trt.eval.api import recorded_quality, run_eval, same_windows
+
+        from .options import resolve_device, resolve_dtype
+
         setup_logging(verbose)
         src = parse_source(data)
         with progress_bar("perplexity windows") as (prog, task):
@@ -38,11 +44,28 @@ def register(app: typer.Typer) -> None:
                 model, src, seqlen, max_windows, resolve_device(device), resolve_dtype(dtype), record,
                 progress=lambda i, n: prog.update(task, completed=i, total=n), trust_remote_code=trust_remote_code,
             )
-        t = Table(title="perplexity")
+        reference = recorded_quality(Path(model)) if Path(model).is_dir() else None
+        spec = f"{res.data}, {res.windows} windows x {res.seqlen} tokens{', BOS' if res.bos else ''}"
+        t = Table(title=f"perplexity ({spec})")
         for c in ("model", "data", "seqlen", "windows", "tokens", "BOS", "perplexity"):
             t.add_column(c)
         t.add_row(res.model, res.data, str(res.seqlen), str(res.windows), str(res.tokens), "yes" if res.bos else "no", f"{res.perplexity:.3f}")
+        if reference is not None:
+            t.add_row("dense reference (from sparsity.json)", reference.data, str(reference.seqlen), str(reference.windows),
+                      str(reference.tokens), "yes" if reference.bos else "no", f"{reference.perplexity:.3f}")
         out.print(t)
+        if reference is not None:
+            if same_windows(res, reference):
+                console.print(f"perplexity x{res.perplexity / reference.perplexity:.2f} of the dense reference on the same windows")
+            else:
+                console.print(
+                    "[yellow]note:[/] the dense reference was measured on other windows "
+                    f"({reference.data}, {reference.windows} x {reference.seqlen}); the two figures do not compare. "
+                    f"Re-run with --seqlen {reference.seqlen} --max-windows {reference.windows}, or evaluate the dense "
+                    "model with the same options."
+                )
+        if record and (Path(model) / MANIFEST_NAME).is_file():
+            console.print(f"recorded in {Path(model) / MANIFEST_NAME} (quality.perplexity)")
         if json_path is not None:
             json_path.parent.mkdir(parents=True, exist_ok=True)
             json_path.write_text(json.dumps(res.to_dict(), indent=2) + "\n")

@@ -55,6 +55,27 @@ def run_eval(
     return result
 
 
+def recorded_quality(directory: Path, key: str = "dense_perplexity") -> PerplexityResult | None:
+    """The perplexity result stored under ``quality[key]`` of the directory's manifest, if any.
+
+    ``dense_perplexity`` is the dense model's figure the demo (or a user) recorded beside the pruned
+    one; a result that does not parse (older or hand-edited manifests) counts as absent.
+    """
+    p = Path(directory) / MANIFEST_NAME
+    if not p.is_file():
+        return None
+    try:
+        entry = json.loads(p.read_text(encoding="utf-8")).get("quality", {}).get(key)
+        return PerplexityResult(**entry) if isinstance(entry, dict) else None
+    except (ValueError, TypeError, AttributeError):
+        return None
+
+
+def same_windows(a: PerplexityResult, b: PerplexityResult) -> bool:
+    """Were the two perplexities measured on the same text, window length and window count?"""
+    return (a.data, a.seqlen, a.windows, a.bos) == (b.data, b.seqlen, b.windows, b.bos)
+
+
 def record_quality(directory: Path, result: PerplexityResult, key: str = "perplexity") -> bool:
     """Store the result under ``quality[key]`` of the directory's manifest, if it has one."""
     p = Path(directory) / MANIFEST_NAME
