@@ -31,7 +31,7 @@ from sparse_trt.eval.perplexity import perplexity
 from sparse_trt.models.loading import load_model
 from sparse_trt.prune.api import add_bos_for
 from sparse_trt.prune.methods import get_method, parse_options
-from sparse_trt.prune.sequential import WalkConfig, _parent_and_attr, prune_model
+from sparse_trt.prune.sequential import WalkConfig, parent_and_attr, prune_model
 
 
 def parse_variant(text: str) -> tuple[str, dict[str, str], bool]:
@@ -62,7 +62,7 @@ def main() -> None:
     calib = calibration_windows(loaded.tokenizer, TextSource("wiki"), args.nsamples, args.seqlen, 0, bos)
     ev = eval_windows(loaded.tokenizer, TextSource("wiki"), args.seqlen, args.eval_windows, bos)
     dense_state = {k: v.clone() for k, v in model.state_dict().items()}
-    parent, attr = _parent_and_attr(model, adapter.layers_path)
+    parent, attr = parent_and_attr(model, adapter.layers_path)
     full = getattr(parent, attr)
     pattern = parse_pattern(args.pattern)
 

@@ -176,13 +176,13 @@ def test_layer_kwargs_recorded_per_layer(tiny_dirs):
     model = AutoModelForCausalLM.from_pretrained(tiny_dirs("gemma3"))
     adapter = adapter_for(model.config.model_type)
     ids = torch.randint(3, tiny.VOCAB, (2, 40))
-    inps, conv = sequential.capture_inputs(model, adapter, ids, CPU, CPU, 2)
+    inps, conv = sequential.capture_inputs(model, adapter, ids, CPU, 2)
     assert inps.shape == (2, 40, 64)
     assert len(conv.kwargs) == 2 and all(isinstance(k, dict) for k in conv.kwargs)
     # replaying the layers on captured inputs reproduces the model's final hidden state
     h = inps
     for i, layer in enumerate(adapter.layers(model)):
-        h = sequential.replay_layer(layer, h, conv.kwargs[i], conv, sequential.WalkConfig(
+        h = sequential.replay_layer(layer, h, conv.kwargs[i], sequential.WalkConfig(
             method=None, options=None, pattern=NM(2, 4), device=CPU, store_device=CPU, chunk_samples=2))  # type: ignore[arg-type]
     ref = model(input_ids=ids, output_hidden_states=True, use_cache=False).hidden_states[-1]
     torch.testing.assert_close(model.model.norm(h), ref, rtol=1e-4, atol=1e-4)

@@ -16,7 +16,7 @@ from sparse_trt.core.atomic import atomic_output_dir, check_output_dir
 from sparse_trt.core.device import available_memory_bytes, dtype_name
 from sparse_trt.core.errors import InputError, InterruptedRun
 from sparse_trt.core.manifest import CalibrationSpec, Manifest
-from sparse_trt.core.patterns import Pattern, check_divisible
+from sparse_trt.core.patterns import Pattern
 from sparse_trt.data.text import TextSource
 from sparse_trt.data.windows import calibration_windows, tokenizer_adds_bos
 from sparse_trt.models.adapters import all_targets
@@ -24,7 +24,7 @@ from sparse_trt.models.loading import LoadedModel, load_model
 
 from .methods import get_method, parse_options
 from .resume import DirCheckpointer
-from .sequential import ProgressFn, WalkConfig, auto_chunk_samples, prune_model
+from .sequential import ProgressFn, WalkConfig, auto_chunk_samples, prune_model, resolve_patterns
 
 log = logging.getLogger(__name__)
 
@@ -110,10 +110,7 @@ def run_prune(req: PruneRequest, progress: ProgressFn | None = None, on_stage=No
             f"plan {req.plan_source or ''}{made_for} names linears that {req.model} does not have: {unknown[:5]}",
             fix=f"make the plan for this model with `sparse-trt plan {req.model}`",
         )
-    for t in targets:
-        p = req.layer_patterns.get(t.name, req.pattern)
-        if p is not None:
-            check_divisible(t.name, t.in_features, p)
+    resolve_patterns(targets, req.pattern, req.layer_patterns)  # every pattern fits its linear
     excluded = sorted(t.name for t in all_targets(model, adapter) if t.name not in names)
 
     stage(f"tokenising calibration text ({req.calib.name})")
