@@ -9,12 +9,22 @@ what ``trtllm-build --weight_sparsity`` sets)::
 (trtexec writes ``[I] [TRT]`` and TensorRT's older Python logger ``[TensorRT] INFO:``; the prefix is
 not relied on.) TensorRT-LLM names its layers after the module path, e.g.
 ``transformer/layers/0/attention/qkv/.../MATRIX_MULTIPLY_0``, which maps each layer back to a linear.
+
+Two naming cases need care:
+
+* TensorRT-LLM 1.x fuses a gated MLP's two input projections into one GEMM (``use_fused_mlp``, on by
+  default): ``transformer/layers/{i}/mlp/fused_fc/...`` carries both ``mlp.gate`` and ``mlp.fc``.
+* TensorRT's Myelin compiler may swallow a whole region into one ``{ForeignNode[first...last]}`` layer;
+  the GEMMs inside cannot be attributed one by one. Such names are kept (``foreign_nodes``) and never
+  mapped to linears.
+
+Every name that maps to no linear is kept (``unmapped``), so nothing TensorRT reported is silently lost.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _ELIGIBLE = re.compile(r"\(Sparsity\)\s*Layers eligible for sparse math:\s*(?P<layers>.*)$")
@@ -23,22 +33,42 @@ _ENGINE_GEN = re.compile(r"Engine generation completed in (?P<s>[0-9.]+) seconds
 _TOTAL = re.compile(r"Total time of building all engines: (?P<h>\d+):(?P<m>\d\d):(?P<s>\d\d)")
 _TRTLLM_VERSION = re.compile(r"TensorRT[- ]LLM version: (?P<v>\S+)")
 _ERROR = re.compile(r"(\[E\]|\bERROR\b|Traceback \(most recent call last\)|\w+Error: )")
-_LINEAR = re.compile(r"(?:^|[/.])layers[/.](?P<i>\d+)[/.](?P<block>attention|mlp)[/.](?P<lin>qkv|dense|fc|gate|proj)(?=[/._]|$)")
+_LINEAR = re.compile(
+    r"(?:^|[/.])layers[/.](?P<i>\d+)[/.](?P<block>attention|mlp)[/.](?P<lin>qkv|dense|fused_fc|fc|gate|proj)(?=[/._]|$)")
 _LM_HEAD = re.compile(r"(?:^|[/.])lm_head(?=[/._]|$)")
+_FOREIGN = re.compile(r"^\{?ForeignNode\[")
+
+#: TensorRT-LLM module names that stand for more than one checkpoint linear.
+FUSED = {"fused_fc": ("gate", "fc")}  # FusedGatedMLP: concat(gate, fc) along the output dimension
 
 
 def split_layers(text: str) -> list[str]:
     return [s.strip() for s in text.split(", ") if s.strip()]
 
 
-def linear_of(layer_name: str) -> str | None:
-    """``transformer.layers.{i}.{attention|mlp}.{name}`` (or ``lm_head``) for a TensorRT layer name, else None."""
+def is_foreign_node(layer_name: str) -> bool:
+    """A Myelin region (``{ForeignNode[a...b]}``): its GEMMs are not individually named."""
+    return bool(_FOREIGN.match(layer_name.strip()))
+
+
+def linears_of(layer_name: str) -> list[str]:
+    """Checkpoint linears (``transformer.layers.{i}.{attention|mlp}.{name}`` or ``lm_head``) a TensorRT layer
+    computes; empty when it maps to none (norms, attention plugins, Myelin regions, unknown names)."""
+    if is_foreign_node(layer_name):
+        return []
     m = _LINEAR.search(layer_name)
     if m:
-        return f"transformer.layers.{m.group('i')}.{m.group('block')}.{m.group('lin')}"
+        base = f"transformer.layers.{m.group('i')}.{m.group('block')}"
+        return [f"{base}.{n}" for n in FUSED.get(m.group("lin"), (m.group("lin"),))]
     if _LM_HEAD.search(layer_name):
-        return "lm_head"
-    return None
+        return ["lm_head"]
+    return []
+
+
+def linear_of(layer_name: str) -> str | None:
+    """The first linear of :func:`linears_of` (kept for callers that need one name), else None."""
+    lins = linears_of(layer_name)
+    return lins[0] if lins else None
 
 
 @dataclass
@@ -48,6 +78,35 @@ class SparsityBlock:
     eligible: list[str] = field(default_factory=list)
     picked: list[str] = field(default_factory=list)
     picked_seen: bool = False
+
+
+def _parts(names: list[str]) -> list[str]:
+    """TensorRT joins fused layers with ' + '; a ForeignNode name is kept whole."""
+    out: list[str] = []
+    for n in names:
+        out += [n] if is_foreign_node(n) else [p.strip() for p in n.split(" + ") if p.strip()]
+    return out
+
+
+def mapped_linears(names: list[str]) -> list[str]:
+    seen: dict[str, None] = {}
+    for part in _parts(names):
+        for lin in linears_of(part):
+            seen[lin] = None
+    return sorted(seen, key=linear_sort_key)
+
+
+def unmapped_names(names: list[str]) -> list[str]:
+    seen: dict[str, None] = {}
+    for part in _parts(names):
+        if not linears_of(part):
+            seen[part] = None
+    return list(seen)
+
+
+def linear_sort_key(name: str) -> tuple:
+    m = re.match(r"transformer\.layers\.(\d+)\.(.+)$", name)
+    return (0, int(m.group(1)), m.group(2)) if m else (1, 0, name)
 
 
 @dataclass
@@ -70,43 +129,22 @@ class BuildLog:
     def picked(self) -> list[str]:
         return [x for b in self.blocks for x in b.picked]
 
-    @staticmethod
-    def _linears(names: list[str]) -> list[str]:
-        seen: dict[str, None] = {}
-        for n in names:
-            for part in n.split(" + "):
-                lin = linear_of(part)
-                if lin:
-                    seen[lin] = None
-        return sorted(seen, key=_linear_sort_key)
-
     @property
     def eligible_linears(self) -> list[str]:
-        return self._linears(self.eligible)
+        return mapped_linears(self.eligible)
 
     @property
     def picked_linears(self) -> list[str]:
-        return self._linears(self.picked)
+        return mapped_linears(self.picked)
 
-    def to_dict(self) -> dict:
-        return {
-            "sparsity_lines_found": self.has_sparsity_lines,
-            "eligible_layers": self.eligible,
-            "picked_layers": self.picked,
-            "eligible_count": len(self.eligible),
-            "picked_count": len(self.picked),
-            "eligible_linears": self.eligible_linears,
-            "picked_linears": self.picked_linears,
-            "per_engine": [asdict(b) for b in self.blocks],
-            "engine_generation_seconds": self.engine_seconds,
-            "total_build_seconds_logged": self.total_seconds,
-            "errors": self.errors[-20:],
-        }
+    @property
+    def unmapped(self) -> list[str]:
+        """Every eligible or picked TensorRT layer name that maps to no checkpoint linear."""
+        return unmapped_names(self.eligible + self.picked)
 
-
-def _linear_sort_key(name: str) -> tuple:
-    m = re.match(r"transformer\.layers\.(\d+)\.(.+)$", name)
-    return (0, int(m.group(1)), m.group(2)) if m else (1, 0, name)
+    @property
+    def foreign_nodes(self) -> list[str]:
+        return [n for n in self.unmapped if is_foreign_node(n)]
 
 
 def parse_build_log(text: str) -> BuildLog:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from .common import console, handle_errors, setup_logging
@@ -20,6 +21,19 @@ def register(app: typer.Typer) -> None:
         max_batch_size: int = typer.Option(8, "--max-batch-size", help="Largest batch the engine serves."),
         max_input_len: int = typer.Option(2048, "--max-input-len", help="Longest prompt in tokens."),
         max_seq_len: int = typer.Option(4096, "--max-seq-len", help="Longest prompt + output in tokens."),
+        max_num_tokens: int | None = typer.Option(
+            None, "--max-num-tokens", help="Most tokens in one forward pass (all sequences, padding removed); "
+            "default: trtllm-build's (8192, capped at max-batch-size x max-seq-len)."),
+        opt_num_tokens: int | None = typer.Option(
+            None, "--opt-num-tokens", help="Token count TensorRT tunes tactics for with ONE optimization profile "
+            "(needs --no-multiple-profiles); default there: max-batch-size x beam width, i.e. decode-sized GEMMs."),
+        multiple_profiles: bool = typer.Option(
+            True, "--multiple-profiles/--no-multiple-profiles",
+            help="Several optimization profiles (up to 64, 128, 256, 512, 1024 and max-num-tokens tokens) so TensorRT "
+            "times sparse vs dense tactics at prefill sizes too. On for dense and sparse builds alike."),
+        trtllm_args: list[str] = typer.Option(
+            [], "--trtllm-arg", help="Another trtllm-build flag, passed through as is, e.g. "
+            "--trtllm-arg=--use_fused_mlp=disable (repeatable; flags sparse_trt sets itself are refused)."),
         workers: int = typer.Option(1, "--workers", help="Ranks built in parallel (one GPU each)."),
         log: Path | None = typer.Option(None, "--log", help="Where to keep the full build log (default: OUT.build.log beside OUT)."),
         dtype: str = typer.Option("float16", "--dtype", help="Export dtype when SOURCE is an HF folder: float16, bfloat16, float32."),
@@ -30,14 +44,15 @@ def register(app: typer.Typer) -> None:
         verbose: bool = typer.Option(False, "--verbose", "-v", help="Show library logs."),
     ) -> None:
         """Build TensorRT-LLM 1.2 engines with weight sparsity and the GEMM plugin off; report which layers got sparse kernels."""
-        from sparse_trt.build.trtllm import BuildRequest, build_engine, run_command_hint
+        from sparse_trt.build.trtllm import BuildRequest, build_engine, parse_passthrough, run_command_hint
         from sparse_trt.export.trtllm import parse_export_dtype
 
         setup_logging(verbose)
         req = BuildRequest(
             source=source, out=out_dir, dense=dense, max_batch_size=max_batch_size, max_input_len=max_input_len,
-            max_seq_len=max_seq_len, workers=workers, log_path=log, overwrite=overwrite,
-            dtype=parse_export_dtype(dtype), tp=tp, pp=pp,
+            max_seq_len=max_seq_len, max_num_tokens=max_num_tokens, opt_num_tokens=opt_num_tokens,
+            multiple_profiles=multiple_profiles, extra_args=parse_passthrough(trtllm_args), workers=workers,
+            log_path=log, overwrite=overwrite, dtype=parse_export_dtype(dtype), tp=tp, pp=pp,
         )
         with console.status("building") as status:
             report = build_engine(
@@ -45,24 +60,34 @@ def register(app: typer.Typer) -> None:
                 on_stage=lambda s: status.update(s),
                 on_line=(lambda line: console.print(line, markup=False, highlight=False)) if show_log else None,
             )
-        sp = report["sparsity"]
-        t = Table(title=f"{report['engine_dir']} ({report['mode']})")
+        sp, eng = report.sparsity, report.engine
+        t = Table(title=escape(f"{report.engine_dir} ({report.mode})"))
         t.add_column("item")
         t.add_column("value", justify="right")
-        t.add_row("build time", f"{report['build_seconds']:.1f} s")
-        t.add_row("engine size", f"{report['engine_bytes'] / 2**20:.1f} MiB in {len(report['engine_files'])} file(s)")
-        t.add_row("layers eligible for sparse math", str(sp["eligible_count"]))
-        t.add_row("layers with sparse kernels", str(sp["picked_count"]))
-        t.add_row("linears with sparse kernels", str(len(sp["picked_linears"])))
-        t.add_row("TensorRT-LLM / TensorRT", f"{report['versions']['tensorrt_llm']} / {report['versions']['tensorrt']}")
+        t.add_row("build time", f"{report.build_seconds:.1f} s")
+        t.add_row("engine size", f"{report.engine_bytes / 2**20:.1f} MiB in {len(report.engine_files)} file(s)")
+        t.add_row("precision", escape(report.checkpoint.precision))
+        t.add_row("TensorRT layers: eligible / sparse", f"{sp.eligible_count} / {sp.picked_count}")
+        t.add_row("GEMMs (linears): eligible / sparse", f"{sp.eligible_gemm_count} / {sp.picked_gemm_count}")
+        frac = "unknown" if sp.sparse_weight_fraction is None else f"{sp.sparse_weight_fraction:.1%}"
+        t.add_row("linear weights (= GEMM FLOPs) on sparse tactics", frac)
+        t.add_row("unmapped TensorRT layers", f"{len(sp.unmapped_layers)} ({len(sp.foreign_nodes)} Myelin regions)")
+        t.add_row("optimization profiles", "multiple" if eng.multiple_profiles else
+                  f"one, opt_num_tokens={eng.opt_num_tokens}" if eng.multiple_profiles is False else "not recorded")
+        t.add_row("max_num_tokens / use_fused_mlp", f"{eng.max_num_tokens} / {eng.use_fused_mlp}")
+        t.add_row("TensorRT-LLM / TensorRT", escape(f"{report.versions.tensorrt_llm} / {report.versions.tensorrt}"))
         console.print(t)
-        if report["mode"] == "sparse":
-            if sp["picked_count"] == 0:
-                console.print("[bold red]no layer got a sparse kernel[/] - the engine runs dense GEMMs. Likely causes:")
-                for cause in report["diagnosis"]:
-                    console.print(f"[red]  - {cause}[/]", highlight=False)
+        if report.mode == "sparse":
+            if sp.verdict == "sparse":
+                console.print(f"[green]sparse: {frac} of the linear weights run on sparse tactics "
+                              f"(above the {sp.threshold:.0%} threshold)[/]")
             else:
-                console.print(f"[green]sparse kernels picked for {sp['picked_count']} of {sp['eligible_count']} eligible layers[/]")
-        world = report["checkpoint"]["world_size"]
-        console.print(f"report: {report['engine_dir']}/build_report.json; full log: {report['log']}")
-        console.print(f"run it: {run_command_hint(Path(report['engine_dir']), world)}", highlight=False)
+                head = {"dense": "no layer got a sparse kernel - the engine runs dense GEMMs",
+                        "partly sparse": f"only {frac} of the linear weights got sparse kernels (threshold {sp.threshold:.0%})",
+                        "unknown": "whether sparse kernels were picked is unknown"}[sp.verdict]
+                console.print(f"[bold red]{escape(head)}[/]. Likely causes:")
+                for cause in report.diagnosis:
+                    console.print(f"[red]  - {escape(cause)}[/]", highlight=False)
+        world = report.checkpoint.world_size
+        console.print(f"report: {report.engine_dir}/build_report.json; full log: {report.log}", markup=False, highlight=False)
+        console.print(f"run it: {run_command_hint(Path(report.engine_dir), world)}", markup=False, highlight=False)
