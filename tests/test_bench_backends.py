@@ -18,6 +18,7 @@ from sparse_trt.bench.backends.torch_2of4 import holds_2of4
 from sparse_trt.bench.errors import WorkloadError
 from sparse_trt.bench.runner import open_backend
 from sparse_trt.bench.workload import Workload
+from sparse_trt.build.report import write_report
 from sparse_trt.core.deps import available
 from sparse_trt.core.errors import DeviceError, InputError, MissingDependencyError, ModelLoadError
 
@@ -75,13 +76,16 @@ def test_trtllm_paths_limits_and_missing_dependency(tmp_path, tiny_dirs):
         create_backend("trtllm", BackendSpec(str(tmp_path / "nope"), CPU))
     with pytest.raises(InputError, match="Hugging Face model folder"):
         create_backend("trtllm", BackendSpec(str(tiny_dirs("llama")), CPU))
-    eng = fake_engine(tmp_path / "engine", {"mode": "sparse", "sparsity": {"picked_count": 0, "eligible_count": 4}})
+    eng = fake_engine(tmp_path / "engine")
+    from test_build_logparse import _parse, _report
+
+    write_report(eng, _report(_parse("trtllm_build_sparse_none_picked.log")))
     with pytest.raises(WorkloadError, match="max_input_len of 512"):
         open_backend("trtllm", BackendSpec(str(eng), CPU), [Workload(1, 600, 10)])
     with pytest.raises(WorkloadError, match="max_batch_size of 8"):
         open_backend("trtllm", BackendSpec(str(eng), CPU), [Workload(16, 10, 10)])
     b = create_backend("trtllm", BackendSpec(str(eng), CPU))
-    assert b.sparse_kernels().active is False and b.build_report()["sparsity"]["eligible_count"] == 4
+    assert b.sparse_kernels().active is False and b.build_report()["sparsity"]["eligible_count"] == 11
     assert b.vocab_size() == 320
     if not available("tensorrt_llm"):
         b2 = create_backend("trtllm", BackendSpec(str(eng), torch.device("cuda", 0)))
@@ -112,13 +116,16 @@ def test_triton_missing_client_names_extra(tmp_path, monkeypatch):
 
 
 def test_build_report_variants():
+    from test_build_logparse import _parse, _report
+
     assert sparse_kernels_from_report(None, "e").active is None
-    assert sparse_kernels_from_report({"mode": "dense"}, "e").active is False
-    k = sparse_kernels_from_report({"mode": "sparse", "sparsity": {"sparsity_lines_found": True, "picked_count": 3,
-                                                                    "eligible_count": 5}}, "e")
-    assert (k.active, k.sparse_layers, k.eligible_layers) == (True, 3, 5)
-    assert sparse_kernels_from_report({"sparse_layers": ["a", "b"]}, "e").sparse_layers == 2
-    assert sparse_kernels_from_report({"whatever": 1}, "e").active is None
+    dense = _report(_parse("trtllm_build_dense.log"), mode="dense")
+    assert sparse_kernels_from_report(dense.to_dict(), "e").active is False
+    k = sparse_kernels_from_report(_report(_parse("trtllm_build_sparse_llama.log")).to_dict(), "e")
+    assert (k.active, k.sparse_layers, k.eligible_layers) == (True, 8, 11)
+    # reports that are not of the build stage's schema are not guessed at
+    assert sparse_kernels_from_report({"sparse_layers": ["a", "b"]}, "e").active is None
+    assert sparse_kernels_from_report({"mode": "dense"}, "e").active is None
 
 
 def test_nvml_absence_is_reported_not_raised(monkeypatch):

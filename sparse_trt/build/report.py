@@ -169,7 +169,8 @@ class BuildReport:
     diagnosis: tuple[str, ...]
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Plain JSON types (lists, not tuples): what the file and the bench results hold."""
+        return json.loads(json.dumps(asdict(self)))
 
     @classmethod
     def from_dict(cls, d: Any, where: str = REPORT_NAME) -> BuildReport:
@@ -318,7 +319,7 @@ def diagnose(report: BuildReport) -> list[str]:
 def write_report(engine_dir: Path, report: BuildReport) -> Path:
     """The one writer: check the report round-trips through the reader, then write it atomically."""
     d = report.to_dict()
-    BuildReport.from_dict(json.loads(json.dumps(d)), "the new build report")
+    BuildReport.from_dict(d, "the new build report")
     p = Path(engine_dir) / REPORT_NAME
     atomic_write_text(p, json.dumps(d, indent=2) + "\n")
     return p

@@ -1,25 +1,24 @@
-"""Reading a TensorRT-LLM engine folder without TensorRT-LLM: config.json limits, build_report.json.
-
-``build_report.json`` is written by sparse_trt's build stage; it is read defensively (any JSON object;
-counts may be integers or lists of layer names) because its exact fields may evolve.
+"""Reading a TensorRT-LLM engine folder without TensorRT-LLM: config.json limits, KV-cache geometry, mapping,
+and ``build_report.json`` through the build stage's own typed reader (:mod:`sparse_trt.build.report`).
 """
 
 from __future__ import annotations
 
 import json
+import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sparse_trt.build.report import REPORT_NAME, BuildReport, BuildReportError, read_report
 from sparse_trt.core.errors import InputError, ManifestError
 from sparse_trt.core.manifest import MANIFEST_NAME, Manifest
 
 from ..results import SparseKernels
 from ..workload import Limits
 
-BUILD_REPORT = "build_report.json"
-_SPARSE_KEYS = ("picked_count", "picked_linears", "picked_layers", "sparse_layers", "layers_with_sparse_kernels", "sparse_kernel_layers", "num_sparse_layers",
-                "n_sparse_layers", "sparse")
-_ELIGIBLE_KEYS = ("eligible_count", "eligible_linears", "eligible_layers", "num_eligible_layers", "n_eligible_layers", "eligible")
+BUILD_REPORT = REPORT_NAME
+_DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "fp8": 1, "int8": 1}
 
 
 def check_engine_dir(path: str) -> Path:
@@ -52,9 +51,14 @@ def _int(d: Any, key: str) -> int | None:
     return v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else None
 
 
+def _dict(d: Any, key: str) -> dict[str, Any]:
+    v = d.get(key) if isinstance(d, dict) else None
+    return v if isinstance(v, dict) else {}
+
+
 def engine_limits(cfg: dict[str, Any]) -> Limits:
-    bc = cfg.get("build_config", {})
-    pc = cfg.get("pretrained_config", {})
+    bc = _dict(cfg, "build_config")
+    pc = _dict(cfg, "pretrained_config")
     max_seq = _int(bc, "max_seq_len") or _int(pc, "max_position_embeddings")
     return Limits(
         max_batch_size=_int(bc, "max_batch_size"),
@@ -65,69 +69,124 @@ def engine_limits(cfg: dict[str, Any]) -> Limits:
 
 
 def engine_vocab(cfg: dict[str, Any]) -> int | None:
-    return _int(cfg.get("pretrained_config", {}), "vocab_size")
+    return _int(_dict(cfg, "pretrained_config"), "vocab_size")
+
+
+@dataclass(frozen=True)
+class EngineMapping:
+    world_size: int
+    tp: int
+    pp: int
+
+
+def engine_mapping(cfg: dict[str, Any]) -> EngineMapping:
+    """``pretrained_config.mapping`` of the engine (TensorRT-LLM's Mapping); 1 x 1 when absent."""
+    m = _dict(_dict(cfg, "pretrained_config"), "mapping")
+    tp, pp = _int(m, "tp_size") or 1, _int(m, "pp_size") or 1
+    return EngineMapping(world_size=_int(m, "world_size") or tp * pp, tp=tp, pp=pp)
+
+
+@dataclass(frozen=True)
+class KvGeometry:
+    """What one token of paged KV cache costs on one rank."""
+
+    layers: int
+    kv_heads: int  # per rank
+    head_size: int
+    dtype: str
+    bytes_per_element: int
+    tokens_per_block: int
+
+    @property
+    def bytes_per_token(self) -> int:
+        return 2 * self.layers * self.kv_heads * self.head_size * self.bytes_per_element  # K and V
+
+    def round_tokens(self, tokens: int) -> int:
+        """Tokens rounded up to whole KV blocks (the cache is allocated in blocks)."""
+        return math.ceil(tokens / self.tokens_per_block) * self.tokens_per_block
+
+    def bytes_for(self, tokens: int) -> int:
+        return self.round_tokens(tokens) * self.bytes_per_token
+
+
+def kv_geometry(cfg: dict[str, Any]) -> KvGeometry | None:
+    """KV-cache geometry from the engine config (None when the config lacks the sizes)."""
+    pc = _dict(cfg, "pretrained_config")
+    plugin = _dict(_dict(cfg, "build_config"), "plugin_config")
+    layers, heads, hidden = _int(pc, "num_hidden_layers"), _int(pc, "num_attention_heads"), _int(pc, "hidden_size")
+    if layers is None or heads is None:
+        return None
+    kv_heads = _int(pc, "num_key_value_heads") or heads
+    head_size = _int(pc, "head_size") or (hidden // heads if hidden else None)
+    if head_size is None:
+        return None
+    mapping = engine_mapping(cfg)
+    quant = _dict(pc, "quantization")
+    kvq = str(quant.get("kv_cache_quant_algo") or "").upper()
+    dtype = "fp8" if kvq == "FP8" else "int8" if kvq == "INT8" else str(pc.get("dtype") or "float16")
+    return KvGeometry(
+        layers=math.ceil(layers / mapping.pp), kv_heads=math.ceil(kv_heads / mapping.tp), head_size=head_size,
+        dtype=dtype, bytes_per_element=_DTYPE_BYTES.get(dtype, 2), tokens_per_block=_int(plugin, "tokens_per_block") or 32,
+    )
+
+
+def load_build_report(p: Path) -> BuildReport | BuildReportError | None:
+    """The typed report beside the engines (None: none there; the error when it is invalid)."""
+    try:
+        return read_report(p)
+    except BuildReportError as e:
+        return e
 
 
 def read_build_report(p: Path) -> dict[str, Any] | None:
-    f = p / BUILD_REPORT
-    if not f.is_file():
-        return None
+    """The report as the JSON object the results file keeps (validated by the build stage's reader first);
+    ``{"_unreadable": why}`` when invalid, None when there is none."""
+    r = load_build_report(p)
+    if isinstance(r, BuildReportError):
+        return {"_unreadable": r.message}
+    return None if r is None else r.to_dict()
+
+
+def _typed(report: BuildReport | dict[str, Any] | None, where: str) -> BuildReport | BuildReportError | None:
+    if report is None or isinstance(report, BuildReport):
+        return report
+    if "_unreadable" in report:
+        return BuildReportError(str(report["_unreadable"]))
     try:
-        d = json.loads(f.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        return {"_unreadable": f"{f}: {e}"}
-    return d if isinstance(d, dict) else {"_unreadable": f"{f}: not a JSON object"}
+        return BuildReport.from_dict(report, f"{where}/{BUILD_REPORT}")
+    except BuildReportError as e:
+        return e
 
 
-def _count(v: Any) -> int | None:
-    if isinstance(v, bool):
-        return None
-    if isinstance(v, int):
-        return v
-    if isinstance(v, (list, tuple, dict)):
-        return len(v)
-    return None
-
-
-def _find(report: dict[str, Any], keys: tuple[str, ...]) -> int | None:
-    for k in keys:
-        if k in report:
-            c = _count(report[k])
-            if c is not None:
-                return c
-    for v in report.values():  # one level down, e.g. {"sparsity": {"sparse_layers": [...]}}
-        if isinstance(v, dict):
-            for k in keys:
-                if k in v and _count(v[k]) is not None:
-                    return _count(v[k])
-    return None
-
-
-def sparse_kernels_from_report(report: dict[str, Any] | None, where: str) -> SparseKernels:
-    if report is None:
+def sparse_kernels_from_report(report: BuildReport | dict[str, Any] | None, where: str) -> SparseKernels:
+    """Did the engine run sparse kernels, according to its build report? Counts are GEMMs (linears)."""
+    r = _typed(report, where)
+    if r is None:
         return SparseKernels(None, "unknown: no build_report.json", detail=f"{where} has no {BUILD_REPORT}; "
                              "whether TensorRT chose sparse tactics is not verified")
-    if "_unreadable" in report:
-        return SparseKernels(None, "unknown: build_report.json unreadable", detail=str(report["_unreadable"]))
-    sparse = _find(report, _SPARSE_KEYS)
-    eligible = _find(report, _ELIGIBLE_KEYS)
-    diagnosis = report.get("diagnosis")
-    why = "; ".join(str(d) for d in diagnosis) if isinstance(diagnosis, list) and diagnosis else ""
-    if report.get("mode") == "dense":
+    if isinstance(r, BuildReportError):
+        return SparseKernels(None, "unknown: build_report.json invalid", detail=r.message)
+    sp = r.sparsity
+    eligible, picked = sp.eligible_gemm_count, sp.picked_gemm_count
+    frac = "unknown" if sp.sparse_weight_fraction is None else f"{sp.sparse_weight_fraction:.1%}"
+    why = "; ".join(r.diagnosis)
+    counts = (f"{picked} of {eligible} eligible GEMMs ({sp.picked_count} of {sp.eligible_count} TensorRT layers) picked "
+              f"sparse tactics; {frac} of the linear weights (= GEMM FLOPs) on sparse tactics; "
+              f"{len(sp.unmapped_layers)} TensorRT layer names unmapped")
+    if r.mode == "dense":
         return SparseKernels(False, "none: dense engine (built without weight sparsity)", eligible, 0,
                              detail="dense baseline engine")
-    sp = report.get("sparsity")
-    if isinstance(sp, dict) and sp.get("sparsity_lines_found") is False and not sparse:
-        return SparseKernels(None, "unknown: the build log has no TensorRT (Sparsity) lines", eligible, sparse,
-                             detail=why or "cannot tell whether sparse tactics were picked")
-    if sparse is None:
-        return SparseKernels(None, "unknown: build_report.json has no sparse layer count", eligible_layers=eligible,
-                             detail=f"keys: {sorted(report)[:20]}")
-    if sparse == 0:
+    if sp.verdict == "unknown":
+        return SparseKernels(None, "unknown: the build log does not tell which tactics TensorRT picked", eligible, picked,
+                             detail=why or counts)
+    if sp.verdict == "dense":
         return SparseKernels(False, "none: TensorRT chose no sparse tactics for any layer", eligible, 0,
                              detail=why or "the engine runs dense kernels; any difference from dense is not from sparsity")
-    return SparseKernels(True, "TensorRT sparse tactics (build_report.json)", eligible, sparse,
-                         detail=f"{sparse} of {eligible if eligible is not None else '?'} eligible TensorRT layers picked sparse tactics")
+    if sp.verdict == "partly sparse":
+        return SparseKernels(False, f"partly: {frac} of GEMM weights on sparse tactics (not above the "
+                             f"{sp.threshold:.0%} threshold)", eligible, picked, detail=counts + (f". {why}" if why else ""))
+    return SparseKernels(True, f"TensorRT sparse tactics on {frac} of GEMM weights (build_report.json)", eligible, picked,
+                         detail=counts)
 
 
 def manifest_quality(*candidates: Path) -> tuple[str | None, dict[str, Any]]:
@@ -141,14 +200,9 @@ def manifest_quality(*candidates: Path) -> tuple[str | None, dict[str, Any]]:
     return None, {}
 
 
-def report_source_dirs(report: dict[str, Any] | None) -> list[Path]:
-    """Folders the build report names as its source (to find sparsity.json for quality)."""
-    out: list[Path] = []
-    if not report:
-        return out
-    for k in ("source", "source_dir", "checkpoint", "checkpoint_dir", "model_dir", "hf_dir", "pruned_dir", "manifest"):
-        v = report.get(k)
-        if isinstance(v, str) and v:
-            p = Path(v)
-            out.append(p.parent if p.name == MANIFEST_NAME else p)
-    return out
+def report_source_dirs(report: BuildReport | dict[str, Any] | None) -> list[Path]:
+    """Folders the build report names as its source and checkpoint (to find sparsity.json for quality)."""
+    r = _typed(report, "engine")
+    if not isinstance(r, BuildReport):
+        return []
+    return [Path(r.source), Path(r.checkpoint.path)]

@@ -1,0 +1,181 @@
+"""The trtllm bench backend against a stand-in for ``tensorrt_llm.bindings.executor`` with the real names
+and semantics (tests/fake_trtllm_executor.py): streaming, requests in flight from several threads, the
+explicit KV-cache budget, multi-rank refusal, build reports read through the build stage's reader."""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import types
+from pathlib import Path
+
+import fake_trtllm_executor as fake
+import pytest
+import torch
+
+from sparse_trt.bench.backends import trtllm as tb
+from sparse_trt.bench.backends.base import BackendSpec, GenerationRequest, create_backend
+from sparse_trt.bench.backends.engine_info import kv_geometry, sparse_kernels_from_report
+from sparse_trt.bench.errors import BackendError
+from sparse_trt.build.logparse import parse_build_log
+from sparse_trt.build.report import SCHEMA, SCHEMA_VERSION, BuildReport, write_report
+from sparse_trt.build.trtllm import engine_settings, sparsity_section
+from sparse_trt.core.errors import DeviceError, InputError
+
+CUDA = torch.device("cuda", 0)
+LOGS = Path(__file__).parent / "fixtures" / "trt_logs"
+
+
+@pytest.fixture
+def executor_module(monkeypatch):
+    """Install the stand-in as tensorrt_llm.bindings.executor (and its parents) for this test only."""
+    pkg, bindings = types.ModuleType("tensorrt_llm"), types.ModuleType("tensorrt_llm.bindings")
+    pkg.bindings, bindings.executor = bindings, fake
+    monkeypatch.setitem(sys.modules, "tensorrt_llm", pkg)
+    monkeypatch.setitem(sys.modules, "tensorrt_llm.bindings", bindings)
+    monkeypatch.setitem(sys.modules, "tensorrt_llm.bindings.executor", fake)
+    monkeypatch.setattr(tb, "free_device_memory", lambda device: (40 * 2**30, 80 * 2**30))
+    fake.Executor.instances.clear()
+    return fake
+
+
+def engine(path: Path, *, world: int = 1, log: str | None = "trtllm_build_sparse_llama_fused.log", mode="sparse",
+           max_batch=4, max_seq=256) -> Path:
+    path.mkdir(parents=True)
+    cfg = {"version": "1.2.0",
+           "pretrained_config": {"architecture": "LlamaForCausalLM", "dtype": "float16", "vocab_size": 320,
+                                 "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+                                 "hidden_size": 64, "head_size": 16, "max_position_embeddings": 1024,
+                                 "mapping": {"world_size": world, "tp_size": world, "pp_size": 1},
+                                 "quantization": {"quant_algo": None, "kv_cache_quant_algo": None}},
+           "build_config": {"max_batch_size": max_batch, "max_input_len": 128, "max_seq_len": max_seq,
+                            "max_num_tokens": 1024, "opt_num_tokens": None,
+                            "plugin_config": {"gemm_plugin": None, "tokens_per_block": 32, "multiple_profiles": True,
+                                              "use_fused_mlp": True}}}
+    (path / "config.json").write_text(json.dumps(cfg))
+    for r in range(world):
+        (path / f"rank{r}.engine").write_bytes(b"\0" * 4096)
+    if log is not None:
+        write_report(path, _report(path, cfg, log, mode))
+    return path
+
+
+def _report(path, cfg, log, mode):
+    from test_build_logparse import _report as base
+
+    r = base(parse_build_log((LOGS / log).read_text()), mode=mode)
+    per_rank = [{f"transformer.layers.{i}.{b}": 4096 for i in (0, 1) for b in (
+        "attention.qkv", "attention.dense", "mlp.fc", "mlp.gate", "mlp.proj")} | {"lm_head": 8192}]
+    return BuildReport(**{**r.__dict__, "schema": SCHEMA, "schema_version": SCHEMA_VERSION, "engine_dir": str(path),
+                          "engine": engine_settings(cfg),
+                          "sparsity": sparsity_section(mode, parse_build_log((LOGS / log).read_text()), per_rank)})
+
+
+def test_streams_one_timestamp_per_token(tmp_path, executor_module):
+    b = create_backend("trtllm", BackendSpec(str(engine(tmp_path / "e")), CUDA))
+    b.load()
+    try:
+        (seq, seq2) = b.generate(GenerationRequest([[1, 2, 3], [4, 5]], max_new_tokens=6))
+        assert seq.output_tokens == 6 and len(seq.token_times) == 6 and seq.input_tokens == 3
+        assert seq.first_token == seq.token_times[0] and seq.end == seq.token_times[-1] and seq.start <= seq.first_token
+        assert all(b_ >= a for a, b_ in zip(seq.token_times, seq.token_times[1:], strict=False))
+        assert len(set(seq.token_times)) > 1  # tokens from different engine steps carry different times
+        assert seq2.input_tokens == 2 and seq2.output_tokens == 6
+        ex = fake.Executor.instances[0]
+        assert ex.max_in_flight == 2  # both sequences of the request batched in flight
+    finally:
+        b.close()
+    assert fake.Executor.instances[0]._stop
+
+
+def test_requests_from_several_threads_are_in_flight_together(tmp_path, executor_module):
+    b = create_backend("trtllm", BackendSpec(str(engine(tmp_path / "e")), CUDA))
+    assert b.thread_safe
+    b.load()
+    results, errors = [], []
+
+    def client(i):
+        try:
+            results.append(b.generate(GenerationRequest([[i, i + 1]], max_new_tokens=20)))
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    b.close()
+    assert not errors and len(results) == 4 and all(r[0].output_tokens == 20 for r in results)
+    assert fake.Executor.instances[0].max_in_flight >= 3
+
+
+def test_kv_budget_explicit_identical_and_recorded(tmp_path, executor_module):
+    dense = create_backend("trtllm", BackendSpec(str(engine(tmp_path / "d", mode="dense",
+                                                             log="trtllm_build_dense.log")), CUDA))
+    sparse = create_backend("trtllm", BackendSpec(str(engine(tmp_path / "s")), CUDA))
+    dense.load()
+    sparse.load()
+    try:
+        d_kv, s_kv = (fake.Executor.instances[i].config.kv_cache_config for i in (0, 1))
+        assert d_kv.max_tokens == s_kv.max_tokens == 4 * 256  # max_batch_size x max_seq_len, whole 32-token blocks
+        assert d_kv.free_gpu_memory_fraction is None and d_kv.enable_block_reuse is False
+        info = sparse.info()
+        g = kv_geometry(json.loads((tmp_path / "s" / "config.json").read_text()))
+        assert g.bytes_per_token == 2 * 2 * 2 * 16 * 2  # K+V x layers x kv heads x head size x fp16
+        assert info["kv_cache"]["max_tokens"] == 1024 and info["kv_cache"]["bytes"] == 1024 * g.bytes_per_token
+        assert info["memory"]["configured_total_bytes"] == 4096 + 1024 * g.bytes_per_token
+        assert "engine" in info["memory"]["note"]
+    finally:
+        dense.close()
+        sparse.close()
+    b = create_backend("trtllm", BackendSpec(str(tmp_path / "s"), CUDA, options={
+        "kv_cache_tokens": "1000", "kv_cache_free_gpu_memory_fraction": "0.3"}))
+    b.load()
+    kv = fake.Executor.instances[-1].config.kv_cache_config
+    assert kv.max_tokens == 1024 and kv.free_gpu_memory_fraction == 0.3  # rounded up to whole blocks
+    assert b.info()["kv_cache"]["source"] == "--opt kv_cache_tokens"
+    b.close()
+
+
+def test_budget_that_cannot_fit_is_refused(tmp_path, executor_module, monkeypatch):
+    monkeypatch.setattr(tb, "free_device_memory", lambda device: (64 * 1024, 2**30))
+    b = create_backend("trtllm", BackendSpec(str(engine(tmp_path / "e")), CUDA))
+    with pytest.raises(DeviceError, match="does not fit") as e:
+        b.load()
+    assert "kv_cache_tokens" in e.value.fix and not fake.Executor.instances
+    with pytest.raises(InputError, match="kv_cache_free_gpu_memory_fraction"):
+        create_backend("trtllm", BackendSpec(str(tmp_path / "e"), CUDA, options={"kv_cache_free_gpu_memory_fraction": "2"}))
+
+
+def test_request_error_becomes_backend_error(tmp_path, executor_module):
+    b = create_backend("trtllm", BackendSpec(str(engine(tmp_path / "e")), CUDA, options={"kv_cache_tokens": "32"}))
+    b.load()
+    try:
+        with pytest.raises(BackendError, match="KV tokens"):
+            b.generate(GenerationRequest([[1] * 20], max_new_tokens=40))
+    finally:
+        b.close()
+
+
+def test_multi_rank_engine_is_refused_with_how_to(tmp_path):
+    with pytest.raises(InputError, match="2 ranks") as e:
+        create_backend("trtllm", BackendSpec(str(engine(tmp_path / "e", world=2)), CUDA))
+    assert "Triton with world size 2" in e.value.fix and "mpirun -n 2" in e.value.fix
+
+
+def test_sparse_verdict_from_typed_report(tmp_path):
+    b = create_backend("trtllm", BackendSpec(str(engine(tmp_path / "full", log="trtllm_build_sparse_llama.log")), CUDA))
+    k = b.sparse_kernels()
+    assert k.active is True and k.sparse_layers == 8 and k.eligible_layers == 11 and "GEMM" in k.detail
+    assert b.build_report()["schema_version"] == SCHEMA_VERSION
+    part = create_backend("trtllm", BackendSpec(str(engine(tmp_path / "fn", log="trtllm_build_sparse_foreignnode.log")), CUDA))
+    k = part.sparse_kernels()
+    assert k.active is False and k.kind.startswith("partly") and "unmapped" in k.detail
+    (tmp_path / "fn" / "build_report.json").write_text(json.dumps({"mode": "sparse", "sparse_layers": 9}))
+    bad = create_backend("trtllm", BackendSpec(str(tmp_path / "fn"), CUDA))
+    assert bad.sparse_kernels().active is None and "invalid" in bad.sparse_kernels().kind
+    assert sparse_kernels_from_report(None, "e").active is None
+    dense = create_backend("trtllm", BackendSpec(str(engine(tmp_path / "d", mode="dense", log="trtllm_build_dense.log")), CUDA))
+    assert dense.sparse_kernels().active is False
