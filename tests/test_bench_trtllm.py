@@ -179,3 +179,49 @@ def test_sparse_verdict_from_typed_report(tmp_path):
     assert sparse_kernels_from_report(None, "e").active is None
     dense = create_backend("trtllm", BackendSpec(str(engine(tmp_path / "d", mode="dense", log="trtllm_build_dense.log")), CUDA))
     assert dense.sparse_kernels().active is False
+
+
+class _Proc:
+    def __init__(self, pid, used):
+        self.pid, self.usedGpuMemory = pid, used
+
+
+def _fake_nvml(procs):
+    """pynvml's names: nvmlInit, nvmlDeviceGetHandleByIndex, nvmlDeviceGetMemoryInfo, nvmlDeviceGetComputeRunningProcesses."""
+    m = types.ModuleType("pynvml")
+    m.nvmlInit = lambda: None
+    m.nvmlDeviceGetHandleByIndex = lambda i: ("gpu", i)
+    m.nvmlDeviceGetMemoryInfo = lambda h: types.SimpleNamespace(used=5 * 2**30, total=80 * 2**30)
+    m.nvmlDeviceGetComputeRunningProcesses = lambda h: procs
+    return m
+
+
+def test_nvml_process_memory_unknown_not_zero(monkeypatch):
+    import os
+
+    from sparse_trt.bench import memory
+
+    # in a container NVML lists host PIDs: ours is not among them
+    monkeypatch.setattr(memory, "require", lambda module, purpose=None: _fake_nvml([_Proc(4242, 3 * 2**30)]))
+    nv = memory.Nvml(0)
+    assert nv.ok and nv.process_used() is None and nv.device_used() == 5 * 2**30
+    monkeypatch.setattr(memory, "require", lambda module, purpose=None: _fake_nvml([_Proc(os.getpid(), None)]))
+    assert memory.Nvml(0).process_used() is None
+    monkeypatch.setattr(memory, "require", lambda module, purpose=None: _fake_nvml([_Proc(os.getpid(), 2**30)]))
+    assert memory.Nvml(0).process_used() == 2**30
+
+
+def test_configured_memory_notes_and_no_torch_peaks(monkeypatch, tmp_path, executor_module):
+    from sparse_trt.bench import memory
+
+    monkeypatch.setattr(memory, "require", lambda module, purpose=None: _fake_nvml([]))
+    b = create_backend("trtllm", BackendSpec(str(engine(tmp_path / "e")), CUDA))
+    cm = b.configured_memory()
+    assert cm.engine_bytes == 4096 and cm.kv_cache_tokens == 1024 and cm.total_bytes == 4096 + cm.kv_cache_bytes
+    probe = memory.MemoryProbe(torch.device("cpu"), torch_allocator=b.torch_allocator, configured=cm)
+    probe.nvml = memory.Nvml(0)  # the NVML of a GPU whose process list does not show us (no CUDA device here)
+    probe.start()
+    stats = probe.stop(b.weights_bytes())
+    assert stats.nvml_process_used_peak_bytes is None and stats.weights_bytes == 4096
+    assert any("engine 4096 B + KV cache" in n for n in stats.notes)
+    assert any("per-process memory unknown" in n for n in stats.notes)

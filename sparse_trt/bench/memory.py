@@ -1,6 +1,10 @@
 """Memory probes: NVML (device-wide and this process), torch allocator peaks, host RSS, weight bytes.
 
 Missing NVML (no ``nvidia-ml-py``, no driver, no GPU) is recorded as a reason string, never a crash.
+Per-process NVML readings are *unknown* (None), never 0, when NVML cannot see this process: inside a
+container's PID namespace NVML lists host PIDs (or none), and some drivers report no per-process usage.
+Runtimes that allocate outside torch (TensorRT-LLM) make torch's allocator peaks meaningless: probe them
+with ``torch_allocator=False`` and describe their memory with :class:`ConfiguredMemory` instead.
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ class Nvml:
             return None
 
     def process_used(self, pid: int | None = None) -> int | None:
+        """Bytes this process uses on the device; None when NVML cannot tell (not listed, or no figure)."""
         if not self.ok:
             return None
         pid = os.getpid() if pid is None else pid
@@ -66,8 +71,9 @@ class Nvml:
         for p in procs:
             if int(p.pid) == pid:
                 used = getattr(p, "usedGpuMemory", None)
-                return int(used) if used is not None else None
-        return 0
+                # NVML reports "not available" as None in pynvml; 0 for a process holding a CUDA context is not real
+                return int(used) if used else None
+        return None  # not listed: another PID namespace (containers), or no context yet
 
     def driver_version(self) -> str | None:
         if not self.ok:
@@ -158,6 +164,26 @@ class _Window:
     notes: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class ConfiguredMemory:
+    """Device memory a runtime reserves by configuration rather than through torch (TensorRT-LLM: the engine
+    plus its KV-cache pool), as labelled notes for the results."""
+
+    engine_bytes: int
+    kv_cache_bytes: int | None
+    kv_cache_tokens: int | None = None
+
+    @property
+    def total_bytes(self) -> int | None:
+        return None if self.kv_cache_bytes is None else self.engine_bytes + self.kv_cache_bytes
+
+    def notes(self) -> list[str]:
+        kv = "unknown" if self.kv_cache_bytes is None else f"{self.kv_cache_bytes} B"
+        tok = f" ({self.kv_cache_tokens} tokens)" if self.kv_cache_tokens is not None else ""
+        total = "unknown" if self.total_bytes is None else f"{self.total_bytes} B"
+        return [f"configured device memory: engine {self.engine_bytes} B + KV cache {kv}{tok} = {total}"]
+
+
 class MemoryProbe:
     """Measures peaks over a window of work on ``device``: call ``start()`` / ``stop()`` around it.
 
@@ -167,9 +193,12 @@ class MemoryProbe:
     the caching allocator's counters.
     """
 
-    def __init__(self, device: torch.device, interval_s: float = 0.02) -> None:
+    def __init__(self, device: torch.device, interval_s: float = 0.02, *, torch_allocator: bool = True,
+                 configured: ConfiguredMemory | None = None) -> None:
         self.device = device
         self.interval_s = interval_s
+        self.torch_allocator = torch_allocator  # False: the work allocates outside torch; its peaks are not reported
+        self.configured = configured
         self.nvml = Nvml(device.index or 0 if device.type == "cuda" else None)
         self._w: _Window | None = None
         self._stop = threading.Event()
@@ -219,13 +248,20 @@ class MemoryProbe:
         w = self._w
         self._sample()
         torch_peak = over = None
-        if self.device.type == "cuda":
+        notes = list(w.notes)
+        if self.device.type == "cuda" and self.torch_allocator:
             torch.cuda.synchronize(self.device)
             torch_peak = int(torch.cuda.max_memory_allocated(self.device))
             over = torch_peak - (w.torch_baseline or 0)
-        notes = list(w.notes)
+        elif self.device.type == "cuda":
+            notes.append("torch allocator peaks not reported: the runtime allocates device memory outside torch")
+        if self.configured is not None:
+            notes += self.configured.notes()
         if not self.nvml.ok:
             notes.append(f"NVML {self.nvml.status}")
+        elif w.nvml_proc_peak is None:
+            notes.append("NVML per-process memory unknown: this process is not visible to NVML (e.g. a container's "
+                         "PID namespace) or the driver gives no per-process figure")
         if self.device.type != "cuda":
             notes.append("CPU run: no device memory; host RSS only")
         _cur, hwm = rss_bytes()

@@ -35,6 +35,7 @@ from sparse_trt.core.deps import require
 from sparse_trt.core.errors import DeviceError, InputError
 
 from ..errors import BackendError
+from ..memory import ConfiguredMemory
 from ..results import SparseKernels
 from ..workload import Limits
 from .base import Backend, GenerationRequest, SequenceTiming
@@ -81,6 +82,9 @@ class TrtllmBackend(Backend):
     name = "trtllm"
     thread_safe = True  # one response thread dispatches to per-request queues
     model_kind = "TensorRT-LLM engine folder"
+    #: TensorRT-LLM allocates device memory outside torch: torch allocator peaks say nothing about it
+    #: (``MemoryProbe(device, torch_allocator=False, configured=backend.configured_memory())``)
+    torch_allocator = False
 
     def __init__(self, spec) -> None:
         super().__init__(spec)
@@ -140,6 +144,9 @@ class TrtllmBackend(Backend):
 
     def kv_cache_bytes(self) -> int | None:
         return self.geometry.bytes_for(self.kv_tokens) if self.geometry else None
+
+    def configured_memory(self) -> ConfiguredMemory:
+        return ConfiguredMemory(self.engine_bytes(), self.kv_cache_bytes(), self.kv_tokens)
 
     # -- life cycle ------------------------------------------------------------------------------------------
     def check_fit(self, free_bytes: int) -> None:
