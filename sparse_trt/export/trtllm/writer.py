@@ -27,6 +27,7 @@ from sparse_trt.core.patterns import NM, Pattern, nm_violations, parse_pattern
 
 from .errors import NotPrunedError, PatternBrokenError
 from .families import Converted, Family, family_for
+from .quantized import QUANT_FILES, float_view, prepare_quantized
 from .sharding import Mapping, Segment, check_parallelism, shard
 
 log = logging.getLogger(__name__)
@@ -216,14 +217,19 @@ def export_trtllm(
     if dtype_name not in EXPORT_DTYPES:
         raise InputError(f"dtype {dtype_name} is not supported for export", fix=f"use one of {', '.join(EXPORT_DTYPES)}")
     conv = family.convert(hf, weights.get, weights.find, dtype_name)
+    qexp = prepare_quantized(model_dir, conv, family)  # quantization.json: FP8 / INT8-SQ checkpoint
     mapping = check_parallelism(conv, family, tp, pp, patterns)
     pattern = manifest.pattern if manifest is not None else None
     result = ExportResult(out.absolute(), family.name, conv.config["architecture"], dtype_name, tp, pp, pattern)
     result.config = build_config(conv, mapping, pattern)
+    if qexp is not None:
+        result.config["quantization"] = qexp.config_block()
     with atomic_output_dir(out, overwrite=overwrite, what="checkpoint directory") as tmp:
         for rank in range(mapping.world_size):
-            tensors, prov = shard(conv, mapping, rank, dtype)
-            result.checked_weights += check_shard(rank, tensors, prov, patterns)
+            tensors, prov = shard(conv, mapping, rank, dtype if qexp is None else qexp.source_dtype)
+            if qexp is not None:
+                tensors = qexp.finish_rank(tensors, mapping, rank, dtype)
+            result.checked_weights += check_shard(rank, tensors if qexp is None else float_view(tensors), prov, patterns)
             fname = f"rank{rank}.safetensors"
             save_file(tensors, str(tmp / fname), metadata={"format": "pt", "producer": "sparse_trt"})
             result.ranks.append(RankFile(rank, fname, len(tensors), (tmp / fname).stat().st_size,
@@ -233,7 +239,7 @@ def export_trtllm(
         (tmp / "config.json").write_text(json.dumps(result.config, indent=4) + "\n", encoding="utf-8")
         if manifest is not None:
             shutil.copy2(model_dir / MANIFEST_NAME, tmp / MANIFEST_NAME)
-        for name in TOKENIZER_FILES:
+        for name in TOKENIZER_FILES + QUANT_FILES:
             if (model_dir / name).is_file():
                 shutil.copy2(model_dir / name, tmp / name)
     log.info("exported %s to %s (%d ranks, %d sparse weights verified)", model_dir, out, mapping.world_size, result.checked_weights)
