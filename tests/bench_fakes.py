@@ -57,3 +57,35 @@ class FakeBackend(Backend):
 
     def weights_bytes(self) -> int | None:
         return 1234
+
+
+class ScriptedBackend(FakeBackend):
+    """A fake whose latencies are scripted per request: ``script(index) -> (ttft_s, step_s)``.
+
+    Requests come from :func:`indexed_requests`, which puts the request index in the prompt, so the
+    backend knows which request it serves. ``chunk`` tokens arrive together per streamed chunk.
+    Every call is logged as (index, start, first_token, end) in ``log``.
+    """
+
+    def __init__(self, label: str, script, chunk: int = 1, **kw) -> None:
+        super().__init__(label, **kw)
+        self.script, self.chunk = script, chunk
+        self.log: list[tuple[int, float, float, float]] = []
+
+    def generate(self, request: GenerationRequest) -> list[SequenceTiming]:
+        index = request.prompts[0][0] - 1_000_000
+        ttft, step = self.script(index)
+        start = time.perf_counter()
+        time.sleep(ttft)
+        times = [time.perf_counter()] * min(self.chunk, request.max_new_tokens)
+        while len(times) < request.max_new_tokens:
+            time.sleep(step)
+            t = time.perf_counter()
+            times += [t] * min(self.chunk, request.max_new_tokens - len(times))
+        self.log.append((index, start, times[0], times[-1]))
+        return [SequenceTiming(start, times[0], times[-1], len(p), len(times), list(times)) for p in request.prompts]
+
+
+def indexed_requests(w, index: int) -> GenerationRequest:
+    """Request factory for ScriptedBackend: the index rides in the prompt's first token id."""
+    return GenerationRequest([[1_000_000 + index] + [5] * (w.input_len - 1) for _ in range(w.batch_size)], w.output_len)

@@ -14,7 +14,8 @@ def text(r) -> str:
     return " ".join(r.output.split())
 
 
-SMALL = ["--batch-sizes", "1", "--input-lens", "8", "--output-lens", "3", "--warmup", "1", "--iters", "2", "--device", "cpu"]
+SMALL = ["--batch-sizes", "1", "--input-lens", "8", "--output-lens", "3", "--warmup", "1", "--requests", "2", "--device", "cpu"]
+PAIRS = ["--iters", "2"]
 
 
 @pytest.fixture(scope="module")
@@ -32,14 +33,15 @@ def pair(tmp_path_factory, tiny_dirs):
 def test_compare_then_report(tmp_path, pair):
     dense, sparse = pair
     res = tmp_path / "cmp.json"
-    r = runner.invoke(app, ["bench", "compare", str(dense), str(sparse), "-o", str(res), *SMALL])
+    r = runner.invoke(app, ["bench", "compare", str(dense), str(sparse), "-o", str(res), *SMALL, *PAIRS])
     assert r.exit_code == 0, r.output
-    assert "NO SPARSE KERNELS RAN" in text(r)
+    assert "NO SPARSE KERNELS RAN" in text(r) and "NOISE BY CONSTRUCTION" in text(r)
     f = ResultsFile.load(res)
     assert f.kind == "compare" and [x.label for x in f.runs] == ["dense", "sparse"]
     assert f.comparisons[0].points[0].order == ["dense", "sparse"]
     assert f.runs[1].pattern == "2:4" and f.runs[1].sparse_kernels.eligible_layers == 7
-    r = runner.invoke(app, ["bench", "compare", str(dense), str(sparse), "-o", str(res), *SMALL])
+    assert f.comparisons[0].kind == "noise" and f.runs[0].points[0].load.windows == 2
+    r = runner.invoke(app, ["bench", "compare", str(dense), str(sparse), "-o", str(res), *SMALL, *PAIRS])
     assert r.exit_code == 2 and "already exists" in text(r)
     r = runner.invoke(app, ["report", str(res), "-o", str(tmp_path / "rep"), "--gpu-hour-usd", "3"])
     assert r.exit_code == 0, r.output
@@ -92,3 +94,47 @@ def test_demo_bench_step(tmp_path, pair):
     rep = demo_bench_step(str(dense), sparse, tmp_path, torch.device("cpu"))
     md = (rep / "report.md").read_text()
     assert "NO SPARSE KERNELS RAN" in md and (tmp_path / "bench" / "compare.json").is_file()
+    assert "NOISE BY CONSTRUCTION" in md and "sparse ahead" not in md
+    assert ResultsFile.load(tmp_path / "bench" / "compare.json").comparisons[0].kind == "noise"
+
+
+def test_compare_refuses_different_models(tmp_path, pair, tiny_dirs):
+    dense, _ = pair  # 1 layer
+    other = tiny_dirs("llama")  # 2 layers
+    out = tmp_path / "c.json"
+    r = runner.invoke(app, ["bench", "compare", str(dense), str(other), "-o", str(out), *SMALL, "--iters", "1"])
+    assert r.exit_code == 2 and "different models" in text(r) and "num_hidden_layers" in text(r)
+    assert "--allow-different-models" in text(r) and not out.exists()
+    r = runner.invoke(app, ["bench", "compare", str(dense), str(other), "-o", str(out), *SMALL, "--iters", "1",
+                            "--allow-different-models"])
+    assert r.exit_code == 0, r.output
+    assert "different models compared on request" in text(r)
+
+
+@pytest.mark.parametrize("cmd", [["bench", "run"], ["bench", "compare"], ["bench", "gemm"], ["bench", "synth"], ["report"]])
+def test_every_option_has_help(cmd):
+    import click
+    import typer.main
+
+    group = typer.main.get_command(app)
+    c = group
+    for name in cmd:
+        c = c.commands[name]
+    missing = [p.name for p in c.params if isinstance(p, click.Option) and not (p.help or "").strip()]
+    assert not missing, f"{' '.join(cmd)}: options without help: {missing}"
+
+
+def test_compare_table_keeps_brackets():
+    from rich.console import Console
+
+    from sparse_trt.bench.results import ComparePoint, Comparison, PairedRatio
+    from sparse_trt.bench.timing import Summary
+    from sparse_trt.bench.workload import Workload
+    from sparse_trt.cli.bench import compare_table
+
+    r = PairedRatio(Summary.of([1.2, 1.3]), 1.25, 1.2, 1.3)
+    cmp = Comparison("dense", "sparse", [ComparePoint(Workload(1, 8, 3, 1), 2, r, r, r, r)], "sparse")
+    con = Console(record=True, width=300)
+    con.print(compare_table(cmp))
+    shown = con.export_text()
+    assert "[95% CI]" in shown and "sparse ahead: ratio 1.25 (95% CI 1.20–1.30)" in shown

@@ -21,6 +21,7 @@ def test_gemm_probe_times_on_gpu():
 @needs_cuda
 def test_torch_2of4_backend_matches_and_compares(tmp_path):
     from sparse_trt.bench.backends.base import BackendSpec
+    from sparse_trt.bench.loadgen import LoadSpec
     from sparse_trt.bench.runner import compare_benchmark, open_backend
     from sparse_trt.bench.synth import synth_pair
     from sparse_trt.bench.workload import Workload
@@ -35,9 +36,10 @@ def test_torch_2of4_backend_matches_and_compares(tmp_path):
     try:
         k = s.sparse_kernels()
         assert k.active and k.sparse_layers == 14
-        rd, rs, cmp = compare_benchmark(d, s, pts, warmup=1, iters=2)
+        rd, rs, cmp = compare_benchmark(d, s, pts, LoadSpec(requests=1, warmup=1), pairs=2)
     finally:
         d.close()
         s.close()
     assert rs.points[0].memory.torch_peak_allocated_bytes > 0
     assert rs.points[0].memory.weights_bytes < rd.points[0].memory.weights_bytes
+    assert cmp.kind == "sparse" and cmp.points[0].output_throughput_ratio.ratios.n == 2

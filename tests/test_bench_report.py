@@ -7,18 +7,20 @@ from bench_fakes import FakeBackend
 
 from sparse_trt.bench.environment import capture
 from sparse_trt.bench.errors import ResultsError
-from sparse_trt.bench.report import build_report, cost_per_million
-from sparse_trt.bench.results import ResultsFile, SparseKernels
+from sparse_trt.bench.loadgen import LoadSpec
+from sparse_trt.bench.report import build_report, cost_per_million, human_number, human_seconds, ratio_words
+from sparse_trt.bench.results import PairedRatio, ResultsFile, SparseKernels
 from sparse_trt.bench.runner import compare_benchmark
+from sparse_trt.bench.timing import Summary
 from sparse_trt.bench.workload import grid
 
 
-def compare_file(tmp_path, active, sparse_ttft=0.001, name="r.json", quality=None):
+def compare_file(tmp_path, active, sparse_ttft=0.004, name="r.json", quality=None):
     import torch
 
-    d = FakeBackend("dense", ttft=0.004, step=0.002)
-    s = FakeBackend("sparse", ttft=sparse_ttft, step=0.0005, active=active)
-    rd, rs, cmp = compare_benchmark(d, s, grid([1, 2], [4], [3], [1]), warmup=1, iters=3)
+    d = FakeBackend("dense", ttft=0.02, step=0.01)
+    s = FakeBackend("sparse", ttft=sparse_ttft, step=0.002, active=active)
+    rd, rs, cmp = compare_benchmark(d, s, grid([1, 2], [4], [3], [1]), LoadSpec(requests=1, warmup=1), pairs=3)
     rs = dataclasses.replace(rs, pattern="2:4", quality=quality or {},
                              sparse_kernels=SparseKernels(active, "fake kernels", 4, 4 if active else 0))
     return ResultsFile("compare", capture(torch.device("cpu")), [rd, rs], [cmp]).save(tmp_path / name)
@@ -29,10 +31,10 @@ def test_report_flags_no_sparse_kernels(tmp_path):
     res = build_report([p], tmp_path / "rep", gpu_hour_usd=2.5)
     md = res.markdown.read_text()
     assert "NO SPARSE KERNELS RAN" in md.split("## Does")[0]  # banner at the top
-    assert res.verdicts[0].answer.startswith("NO")
-    assert "(not from sparsity)" in md
+    v = res.verdicts[0]
+    assert v.answer.startswith("NO") and v.speed.startswith("noise") and v.best_cost_change is None
     names = {q.name for q in res.plots}
-    assert {"tokens_per_s_vs_batch.png", "ttft_tpot_by_workload.png", "memory.png", "speedup.png"} <= names
+    assert {"tokens_per_s_vs_batch.png", "ttft_itl_by_workload.png", "memory.png", "speedup.png"} <= names
     for q in res.plots:
         assert q.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -86,3 +88,46 @@ def test_report_merges_files_with_same_labels(tmp_path):
     b = compare_file(tmp_path, active=True, name="b.json")
     res = build_report([a, b], tmp_path / "rep", gpu_hour_usd=2.5, plots=False)
     assert len(res.verdicts) == 2 and res.verdicts[1].sparse_label == "sparse [2]"
+
+
+def test_no_sparse_kernels_is_never_a_speedup(tmp_path):
+    """The sparse fake is 2-4x faster, but ran no sparse kernels: every word says noise, none says gain."""
+    from sparse_trt.cli.bench import compare_table
+
+    p = compare_file(tmp_path, active=False)
+    f = ResultsFile.load(p)
+    cmp = f.comparisons[0]
+    assert cmp.kind == "noise"
+    assert all(pt.output_throughput_ratio.ci_low > 1 for pt in cmp.points)  # the fake really is faster
+    res = build_report([p], tmp_path / "rep", gpu_hour_usd=2.5, plots=False)
+    md = res.markdown.read_text()
+    assert "NOISE BY CONSTRUCTION" in md
+    for word in ("sparse ahead", "faster", "speedup:", "YES", "lower cost"):
+        assert word not in md.replace("no speedup can come", "").replace("not a speedup", ""), word
+    assert "not a saving" in md or "any difference is noise" in md  # the cheaper-looking cost carries its note
+    from rich.console import Console
+
+    con = Console(record=True, width=400)
+    con.print(compare_table(cmp))
+    text = con.export_text()
+    assert "NOISE BY CONSTRUCTION" in text and "ahead" not in text
+    assert "not sparsity" in text or "no measurable difference" in text
+
+
+def test_ratio_words():
+    s = Summary.of([1.0, 1.1, 0.9])
+    assert ratio_words(PairedRatio(s, 1.02, 0.93, 1.11), "sparse").startswith("no measurable difference (95% CI 0.93–1.11)")
+    assert ratio_words(PairedRatio(s, 1.5, 1.3, 1.7), "sparse").startswith("sparse ahead: ratio 1.50")
+    assert "unverified" in ratio_words(PairedRatio(s, 1.5, 1.3, 1.7), "unverified")
+    noise = ratio_words(PairedRatio(s, 1.85, 1.3, 2.3), "noise")
+    assert "noise" in noise and "ahead" not in noise and "faster" not in noise
+    assert ratio_words(PairedRatio(Summary.of([1.85]), 1.85, float("nan"), float("nan")), "sparse").endswith("no claim")
+
+
+def test_human_numbers():
+    assert human_seconds(27.312) == "27.3 s"
+    assert human_seconds(0.0123) == "12.3 ms"
+    assert human_seconds(4.2e-5) == "42 µs"
+    assert human_seconds(600.0) == "10 min"
+    assert human_number(27312.4) == "27,312" and human_number(12.345) == "12.3" and human_number(0.0042) == "0.0042"
+    assert "e+" not in human_number(1e7) and human_seconds(None) == "–"

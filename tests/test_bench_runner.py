@@ -6,29 +6,28 @@ from bench_fakes import FakeBackend
 
 from sparse_trt.bench.backends.base import BackendSpec
 from sparse_trt.bench.errors import BackendError, WorkloadError
+from sparse_trt.bench.loadgen import LoadSpec
 from sparse_trt.bench.runner import compare_benchmark, open_backend, run_benchmark
 from sparse_trt.bench.workload import Workload, grid
 
 
 def check_point_sane(p):
     w = p.workload
-    assert p.sequences == w.sequences * p.iterations
+    assert p.sequences == w.batch_size * p.requests
     assert p.output_tokens == p.sequences * w.output_len
     assert p.input_tokens == p.sequences * w.input_len
-    for s in (p.ttft_s, p.tpot_s, p.e2e_s, p.output_tokens_per_s, p.total_tokens_per_s, p.requests_per_s):
+    for s in (p.ttft_s, p.itl_s, p.e2e_s, p.output_tokens_per_s_per_user):
         assert s.n > 0 and s.min > 0 and s.min <= s.p50 <= s.p90 <= s.p99 <= s.max
     assert p.ttft_s.max <= p.e2e_s.max and p.ttft_s.p50 <= p.e2e_s.p50
-    # tokens/s consistent with counts and times
-    assert p.output_tokens / p.measured_seconds == pytest.approx(
-        sum(w.sequences * w.output_len / t for t in p.iteration_wall_s) / len(p.iteration_wall_s), rel=0.5)
-    walls = p.iteration_wall_s
-    tps = [w.sequences * w.output_len / t for t in walls]
-    assert p.output_tokens_per_s.mean == pytest.approx(sum(tps) / len(tps))
-    assert p.total_tokens_per_s.mean == pytest.approx(sum(w.sequences * (w.input_len + w.output_len) / t for t in walls) / len(walls))
-    assert p.requests_per_s.mean == pytest.approx(sum(w.sequences / t for t in walls) / len(walls))
-    # e2e ~ ttft + (n-1) * tpot per sequence
-    assert p.e2e_s.mean == pytest.approx(p.ttft_s.mean + (w.output_len - 1) * p.tpot_s.mean, rel=1e-6)
-    assert p.itl_s.n == p.sequences * (w.output_len - 1)
+    # throughputs are totals over the measured window(s)
+    assert p.window_s == pytest.approx(sum(p.window_list_s))
+    assert p.output_token_throughput == pytest.approx(p.output_tokens / p.window_s)
+    assert p.total_token_throughput == pytest.approx((p.input_tokens + p.output_tokens) / p.window_s)
+    assert p.request_throughput == pytest.approx(p.sequences / p.window_s)
+    # e2e = ttft + (n-1) * itl per sequence, so also on average
+    assert p.e2e_s.mean == pytest.approx(p.ttft_s.mean + (w.output_len - 1) * p.itl_s.mean, rel=1e-6)
+    c = p.conditions
+    assert c.start.unix_time <= c.end.unix_time and c.cpu_count >= 1
 
 
 def test_hf_backend_metrics_on_tiny_llama(tiny_dirs):
@@ -37,53 +36,56 @@ def test_hf_backend_metrics_on_tiny_llama(tiny_dirs):
     b = open_backend("hf", BackendSpec(str(d), torch.device("cpu")), pts)
     try:
         seen = []
-        r = run_benchmark(b, pts, warmup=1, iters=2, label="tiny", on_update=seen.append)
+        r = run_benchmark(b, pts, LoadSpec(warmup=1, per_worker=2), label="tiny", on_update=seen.append)
     finally:
         b.close()
     assert r.status == "complete" and len(r.points) == 4
     assert [x.status for x in seen] == ["partial"] * 3 + ["complete"]
     for p in r.points:
         check_point_sane(p)
+        assert p.requests == 2 * p.workload.concurrency and p.memory.scope == "process"
         assert p.memory.weights_bytes and p.memory.weights_bytes > 0
         assert p.memory.host_peak_rss_bytes and p.memory.host_peak_rss_bytes > 0
         assert p.memory.torch_peak_allocated_bytes is None  # CPU: no device allocator
-    assert r.sparse_kernels.active is False and r.dtype == "float32"
+    assert r.sparse_kernels.active is False and r.dtype == "float32" and r.token_counts.startswith("model")
 
 
 def test_fake_backend_metrics_known_times():
     b = FakeBackend("x", ttft=0.01, step=0.005)
-    r = run_benchmark(b, [Workload(1, 4, 5, 1)], warmup=0, iters=3, label="x")
+    r = run_benchmark(b, [Workload(1, 4, 5, 1)], LoadSpec(requests=3, warmup=0), label="x")
     p = r.points[0]
     check_point_sane(p)
     assert p.ttft_s.p50 == pytest.approx(0.01, abs=0.008)
-    assert p.tpot_s.p50 == pytest.approx(0.005, abs=0.004)
+    assert p.itl_s.p50 == pytest.approx(0.005, abs=0.004)
 
 
 def test_compare_alternates_and_pairs():
     calls: list[str] = []
     d = FakeBackend("dense", calls)
     s = FakeBackend("sparse", calls, ttft=0.001)
-    rd, rs, cmp = compare_benchmark(d, s, [Workload(1, 4, 3, 1)], warmup=2, iters=4)
-    assert calls == ["dense", "sparse", "sparse", "dense",  # warm-up
+    rd, rs, cmp = compare_benchmark(d, s, [Workload(1, 4, 3, 1)], LoadSpec(requests=1, warmup=1), pairs=4)
+    assert calls == ["dense", "sparse",  # warm-up
                      "dense", "sparse", "sparse", "dense", "dense", "sparse", "sparse", "dense"]
     cp = cmp.points[0]
     assert cp.order == ["dense", "sparse", "dense", "sparse"]
-    assert cp.pairs == 4 and cp.output_tokens_per_s_ratio.n == 4 and cp.ttft_speedup.n == 4
-    assert cp.ttft_speedup.p50 > 1  # the sparse fake has a shorter TTFT
-    assert rd.points[0].iterations == rs.points[0].iterations == 4
+    assert cp.pairs == 4 and cp.output_throughput_ratio.ratios.n == 4 and cp.ttft_speedup.ratios.n == 4
+    assert cp.ttft_speedup.estimate > 1 and cp.ttft_speedup.ci_low > 1  # the sparse fake has a shorter TTFT
+    assert rd.points[0].load.windows == rs.points[0].load.windows == 4 and len(rd.points[0].window_list_s) == 4
+    assert cmp.kind == "noise"  # the fake's sparse side reports no sparse kernels
 
 
 def test_failure_keeps_finished_points():
-    b = FakeBackend("x", fail_after=3)  # 3 calls succeed: point 1 (1 warm-up + 2 iters) done
+    b = FakeBackend("x", fail_after=3)  # 3 calls succeed: point 1 (1 warm-up + 2 measured) done
     written = []
     with pytest.raises(BackendError, match="boom"):
-        run_benchmark(b, grid([1, 2], [4], [2], [1]), warmup=1, iters=2, label="x", on_update=written.append)
+        run_benchmark(b, grid([1, 2], [4], [2], [1]), LoadSpec(requests=2, warmup=1), label="x", on_update=written.append)
     assert written[-1].status == "partial" and len(written[-1].points) == 1 and "boom" in written[-1].error
     calls: list[str] = []
     d, s = FakeBackend("dense", calls), FakeBackend("sparse", calls, fail_after=0)
     out = []
     with pytest.raises(BackendError):
-        compare_benchmark(d, s, [Workload(1, 4, 2, 1)], warmup=0, iters=1, on_update=lambda *a: out.append(a))
+        compare_benchmark(d, s, [Workload(1, 4, 2, 1)], LoadSpec(requests=1, warmup=0), pairs=1,
+                          on_update=lambda *a: out.append(a))
     assert out[-1][0].status == "failed" and out[-1][0].points == []
 
 
@@ -92,7 +94,7 @@ def test_concurrency_serialises_non_thread_safe_backend():
         thread_safe = False
 
     b = Serial("x", ttft=0.05, step=0.0)
-    r = run_benchmark(b, [Workload(1, 4, 1, 3)], warmup=0, iters=1, label="x")
+    r = run_benchmark(b, [Workload(1, 4, 1, 3)], LoadSpec(requests=3, warmup=0), label="x")
     p = r.points[0]
     # three queued requests: the last waited for the other two, and that wait counts as latency
     assert p.e2e_s.max >= 2 * p.e2e_s.min

@@ -4,7 +4,9 @@
 
 Only the results files are read (no live measurement). The sparse side is flagged loudly whenever it
 ran no sparse kernels (hf backend, or an engine whose build_report says zero sparse layers), or when
-that could not be verified; a speedup is claimed only when measured with its spread clear of 1.
+that could not be verified; a speedup is claimed only when its bootstrap confidence interval lies
+above 1 and sparse kernels ran. A comparison whose sparse side ran no sparse kernels is headed as
+noise everywhere (tables, verdicts, plots).
 """
 
 from __future__ import annotations
@@ -18,13 +20,13 @@ from typing import Any
 from sparse_trt.core.atomic import atomic_write_text
 from sparse_trt.core.deps import require
 
+from .conditions import describe as describe_conditions
 from .errors import ResultsError
-from .results import ComparePoint, Comparison, GemmResult, PointResult, ResultsFile, RunResult
-from .timing import Summary
+from .results import Comparison, GemmResult, PairedRatio, PointResult, ResultsFile, RunResult
 
 log = logging.getLogger(__name__)
 
-#: a throughput ratio counts as a win only when its p50 is above 1 + this and its minimum above 1
+#: a throughput ratio counts as a win only when its 95% interval lies above 1 and its estimate above 1 + this
 WIN_MARGIN = 0.03
 
 
@@ -77,12 +79,40 @@ def kernels_state(run: RunResult) -> str:
     return "ran" if a is True else "did not run" if a is False else "unverified"
 
 
-def _fmt(v: float | None, unit: str = "", digits: int = 3) -> str:
-    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+def human_seconds(v: float | None) -> str:
+    """Seconds for people: 27312 ms -> '27.3 s', 0.0123 -> '12.3 ms', 4.2e-5 -> '42 µs'."""
+    if v is None or not math.isfinite(v):
         return "–"
-    if unit == "ms":
-        return f"{v * 1e3:.{digits}g}"
-    return f"{v:.{digits}g}"
+    a = abs(v)
+    if a >= 120:
+        return f"{v / 60:.3g} min"
+    if a >= 1:
+        return f"{v:.3g} s"
+    if a >= 1e-3:
+        return f"{v * 1e3:.3g} ms"
+    if a == 0:
+        return "0 s"
+    return f"{v * 1e6:.3g} µs"
+
+
+def human_number(v: float | None, digits: int = 3) -> str:
+    """Plain numbers without exponents: 27312.4 -> '27,312', 0.0042 -> '0.0042', 12.345 -> '12.3'."""
+    if v is None or not math.isfinite(v):
+        return "–"
+    a = abs(v)
+    if a >= 10 ** digits:
+        return f"{v:,.0f}"
+    if a == 0:
+        return "0"
+    decimals = max(0, digits - 1 - math.floor(math.log10(a)))
+    text = f"{v:,.{decimals}f}"
+    return text.rstrip("0").rstrip(".") if decimals else text
+
+
+def _fmt(v: float | None, unit: str = "", digits: int = 3) -> str:
+    if unit == "s":
+        return human_seconds(v)
+    return human_number(v, digits)
 
 
 def _gib(b: int | None) -> str:
@@ -92,20 +122,43 @@ def _gib(b: int | None) -> str:
     return f"{b / 2**30:.3f} GiB" if b >= 2**30 else f"{b / 2**20:.2f} MiB"
 
 
-def _ratio(s: Summary) -> str:
-    if s.empty:
+NOISE_HEADING = ("NOISE BY CONSTRUCTION: the sparse side ran no sparse kernels (the same dense kernels as the "
+                 "dense side), so these ratios measure run-to-run noise, not a speedup")
+
+
+def ratio_words(r: PairedRatio, kind: str) -> str:
+    """A paired ratio in words; never a bare number that reads as a speedup.
+
+    ``kind`` is the comparison's kind: "sparse" (sparse kernels ran), "noise" (none ran), "unverified".
+    Ratios are oriented so that >1 favours the sparse side.
+    """
+    if r.empty:
         return "–"
-    return f"{s.p50:.3f} (min {s.min:.3f}, max {s.max:.3f}, ±{s.std:.3f} sd, n={s.n})"
+    conf = f"{r.confidence * 100:.0f}% CI"
+    if not r.has_interval:
+        return f"ratio {r.estimate:.2f} from {r.ratios.n} pair: no interval, no claim"
+    ci = f"{conf} {r.ci_low:.2f}–{r.ci_high:.2f}"
+    if r.contains_one:
+        return f"no measurable difference ({ci})"
+    if kind == "noise":
+        return f"ratio {r.estimate:.2f} ({ci}): noise or a systematic effect, not sparsity"
+    side = "sparse ahead" if r.estimate > 1 else "sparse behind"
+    tail = "; sparse kernels unverified" if kind != "sparse" else ""
+    return f"{side}: ratio {r.estimate:.2f} ({ci}{tail})"
 
 
-def _speed_state(points: list[ComparePoint]) -> str:
-    r = [p.output_tokens_per_s_ratio for p in points if not p.output_tokens_per_s_ratio.empty]
+def _speed_state(cmp: Comparison) -> str:
+    r = [p.output_throughput_ratio for p in cmp.points if not p.output_throughput_ratio.empty]
     if not r:
         return "not measured"
-    if any(s.p50 > 1 + WIN_MARGIN and s.min > 1.0 for s in r):
+    if cmp.kind == "noise":
+        return "noise (no sparse kernels ran)"
+    if any(s.has_interval and s.ci_low > 1.0 and s.estimate > 1 + WIN_MARGIN for s in r):
         return "faster"
-    if all(s.max < 1.0 for s in r):
+    if all(s.has_interval and s.ci_high < 1.0 for s in r):
         return "slower"
+    if all(s.contains_one for s in r):
+        return "no measurable difference"
     return "inconclusive"
 
 
@@ -114,16 +167,18 @@ def verdict(cmp: Comparison, dense: RunResult | None, sparse: RunResult | None, 
     kern = kernels_state(sparse) if sparse else "unverified"
     if sparse is not None and kern == "did not run":
         reasons.append(f"sparse side '{sparse.label}' ran NO sparse kernels ({sparse.sparse_kernels.kind})")
+        cmp = Comparison(cmp.dense_label, cmp.sparse_label, cmp.points, "noise")
     elif kern == "unverified":
         reasons.append("whether sparse kernels ran is not verified" +
                        (f" ({sparse.sparse_kernels.kind})" if sparse else ""))
-    speed = _speed_state(cmp.points)
+    speed = _speed_state(cmp)
     best = None
-    for p in cmp.points:
-        s = p.output_tokens_per_s_ratio
-        if not s.empty and s.min > 1.0 and s.p50 > 1 + WIN_MARGIN:
-            change = 1.0 / s.p50 - 1.0
-            best = change if best is None else min(best, change)
+    if cmp.kind != "noise":
+        for p in cmp.points:
+            s = p.output_throughput_ratio
+            if s.has_interval and s.ci_low > 1.0 and s.estimate > 1 + WIN_MARGIN:
+                change = 1.0 / s.estimate - 1.0
+                best = change if best is None else min(best, change)
     q_sparse = sparse.quality if sparse else {}
     ppl_s = perplexity_of(q_sparse)
     ppl_d = (perplexity_of(dense.quality) if dense else None) or perplexity_of(q_sparse, "dense_perplexity")
@@ -137,19 +192,22 @@ def verdict(cmp: Comparison, dense: RunResult | None, sparse: RunResult | None, 
         quality = "degraded"
         reasons.append(f"perplexity rose x{ppl_ratio:.3f}, above the allowed x{1 + max_ppl_increase:.3f}")
     if kern == "did not run":
-        answer = "NO: the sparse side ran no sparse kernels, so it cannot cut cost; any timing difference is noise."
+        answer = ("NO: the sparse side ran no sparse kernels, so it cannot cut cost; its timing differences from "
+                  "dense are noise by construction.")
     elif speed == "faster" and quality == "kept" and kern == "ran":
         answer = f"YES: measured {-(best or 0) * 100:.0f}% lower cost per output token at the best point, perplexity x{ppl_ratio:.3f}."
     elif speed == "faster" and quality == "not measured":
-        answer = "FASTER, QUALITY UNKNOWN: throughput gain measured, but no perplexity to show quality is kept."
+        answer = "FASTER, QUALITY UNKNOWN: throughput gain measured (95% CI above 1), but no perplexity to show quality is kept."
     elif speed == "faster" and kern == "unverified":
-        answer = "FASTER BUT UNVERIFIED: throughput gain measured, but it is not verified that sparse kernels ran."
+        answer = "FASTER BUT UNVERIFIED: throughput gain measured (95% CI above 1), but it is not verified that sparse kernels ran."
     elif speed == "faster":
         answer = f"NO: faster, but quality is not kept (perplexity x{ppl_ratio:.3f})."
     elif speed == "slower":
-        answer = "NO: the sparse model is slower at every measured point."
+        answer = "NO: the sparse model is slower at every measured point (95% CI below 1)."
+    elif speed == "no measurable difference":
+        answer = "NO MEASURABLE DIFFERENCE: at every point the 95% interval of the throughput ratio contains 1.0."
     elif speed == "inconclusive":
-        answer = "NOT SHOWN: no point where the sparse model is faster beyond the measurement spread."
+        answer = "NOT SHOWN: no point where the sparse model is faster beyond the measurement's confidence interval."
     else:
         answer = "NOT MEASURED: no paired throughput measurements."
     return Verdict(cmp.sparse_label, cmp.dense_label, kern, speed, quality, best, ppl_ratio, answer, reasons)
@@ -181,10 +239,17 @@ def _collect(files: list[ResultsFile]) -> _Collected:
         by = {r.label: r for r in runs}
         for c in f.comparisons:
             dl, sl = rename.get(c.dense_label, c.dense_label), rename.get(c.sparse_label, c.sparse_label)
-            comps.append((Comparison(dl, sl, c.points), by.get(dl), by.get(sl)))
+            comps.append((Comparison(dl, sl, c.points, _kind(c, by.get(sl))), by.get(dl), by.get(sl)))
         if f.gemm is not None:
             gemm.append(f.gemm)
     return _Collected(runs, comps, gemm, files)
+
+
+def _kind(cmp: Comparison, sparse: RunResult | None) -> str:
+    """The comparison's kind, trusting the sparse run's kernel record when there is one."""
+    if sparse is not None:
+        return {True: "sparse", False: "noise", None: "unverified"}[sparse.sparse_kernels.active]
+    return cmp.kind
 
 
 def _relabel(r: RunResult, label: str) -> RunResult:
@@ -213,21 +278,42 @@ def _banner(c: _Collected) -> list[str]:
     return lines[:-1] if lines else []
 
 
-def _point_rows(r: RunResult, usd: float) -> list[str]:
+def _memory_cells(p: PointResult) -> tuple[str, str, str]:
+    """(device memory, host RSS with its scope, server memory with its source)."""
+    mem = p.memory
+    dev = host = "–"
+    if mem is not None:
+        dev_b = mem.torch_peak_allocated_bytes if mem.torch_peak_allocated_bytes is not None else mem.nvml_process_used_peak_bytes
+        dev = _gib(dev_b)
+        host = _gib(mem.host_peak_rss_bytes) + (f" ({mem.scope})" if mem.host_peak_rss_bytes is not None else "")
+    srv = "–"
+    if p.server_memory is not None and p.server_memory.peak_bytes is not None:
+        srv = f"{_gib(p.server_memory.peak_bytes)} (server: {p.server_memory.source})"
+    return dev, host, srv
+
+
+def _point_rows(r: RunResult, usd: float, noise_cost: bool) -> list[str]:
     rows = []
     for p in r.points:
         w = p.workload
-        tps = p.output_tokens_per_s
-        mem = p.memory
-        dev_peak = mem.torch_peak_allocated_bytes if mem.torch_peak_allocated_bytes is not None else None
+        tps = p.output_token_throughput
+        dev, host, srv = _memory_cells(p)
+        cost = _fmt(cost_per_million(usd, tps), digits=4)
+        if noise_cost and cost != "–":
+            cost += " (same kernels as dense: not a saving)"
         rows.append(
-            f"| {w.batch_size} | {w.input_len} | {w.output_len} | {w.concurrency} | {_fmt(p.ttft_s.p50, 'ms')} | "
-            f"{_fmt(p.tpot_s.p50, 'ms')} | {_fmt(p.e2e_s.p50, 'ms')} / {_fmt(p.e2e_s.p90, 'ms')} / {_fmt(p.e2e_s.p99, 'ms')} | "
-            f"{_fmt(tps.mean)} ± {_fmt(tps.std, digits=2)} | {_fmt(p.total_tokens_per_s.mean)} | {_fmt(p.requests_per_s.mean)} | "
-            f"{_gib(dev_peak)} | {_gib(mem.nvml_device_used_peak_bytes)} | {_gib(mem.host_peak_rss_bytes)} | "
-            f"{_fmt(cost_per_million(usd, tps.mean), digits=4)} |"
+            f"| {w.batch_size} | {w.input_len} | {w.output_len} | {w.concurrency} | {p.sequences} | "
+            f"{_fmt(p.ttft_s.p50, 's')} / {_fmt(p.ttft_s.p99, 's')} | {_fmt(p.itl_s.p50, 's')} / {_fmt(p.itl_s.p99, 's')} | "
+            f"{_fmt(p.inter_chunk_s.p50, 's')} | {_fmt(p.e2e_s.p50, 's')} / {_fmt(p.e2e_s.p90, 's')} / {_fmt(p.e2e_s.p99, 's')} | "
+            f"{_fmt(tps)} | {_fmt(p.output_tokens_per_s_per_user.p50)} | {_fmt(p.request_throughput)} | "
+            f"{dev} | {host} | {srv} | {cost} |"
         )
     return rows
+
+
+def _noise_run(r: RunResult, c: _Collected) -> bool:
+    """A run on the sparse side of a comparison that ran no sparse kernels: its cost is not a saving."""
+    return r.sparse_kernels.active is False and any(r.label == cmp.sparse_label for cmp, _, _ in c.comparisons)
 
 
 def render_markdown(c: _Collected, usd: float, verdicts: list[Verdict], plots: list[Path], max_ppl_increase: float) -> str:
@@ -247,8 +333,8 @@ def render_markdown(c: _Collected, usd: float, verdicts: list[Verdict], plots: l
         L.append("No dense-vs-sparse comparison in these files (`sparse-trt bench compare` makes one); "
                  "absolute numbers below are not a verdict.")
     L.append("")
-    L.append(f"Cost per million output tokens assumes **${usd:g} per device-hour** and the measured mean output tokens/s "
-             "(one device fully used by this workload).")
+    L.append(f"Cost per million output tokens assumes **${usd:g} per device-hour** and the measured output token "
+             "throughput (one device fully used by this workload).")
     L.append("")
 
     # quality beside speed and memory
@@ -256,8 +342,9 @@ def render_markdown(c: _Collected, usd: float, verdicts: list[Verdict], plots: l
           "| run | backend | pattern | sparse kernels | perplexity | best output tok/s | weights | $ / 1M output tokens (at best) |",
           "|---|---|---|---|---|---|---|---|"]
     for r in c.runs:
-        best = max(r.points, key=lambda p: p.output_tokens_per_s.mean if p.output_tokens_per_s.n else -1, default=None)
-        tps = best.output_tokens_per_s.mean if best else None
+        best = max(r.points, key=lambda p: p.output_token_throughput if math.isfinite(p.output_token_throughput) else -1,
+                   default=None)
+        tps = best.output_token_throughput if best else None
         ppl = perplexity_of(r.quality)
         if ppl is None and not r.pattern:
             for _cmp, d, s in c.comparisons:
@@ -268,28 +355,38 @@ def render_markdown(c: _Collected, usd: float, verdicts: list[Verdict], plots: l
         ks = {True: f"yes ({k.sparse_layers}/{k.eligible_layers} layers)", False: "**NO**", None: "**unverified**"}[k.active]
         if not sparse_claim and k.active is not True:
             ks = "dense baseline"
-        wb = best.memory.weights_bytes if best else None
+        wb = best.memory.weights_bytes if best and best.memory else None
+        cost = _fmt(cost_per_million(usd, tps) if tps else None, digits=4)
+        if _noise_run(r, c) and cost != "–":
+            cost += " (dense kernels, as the baseline: any difference is noise)"
         L.append(f"| {r.label} | {r.backend} | {r.pattern or 'dense'} | {ks} | {_fmt(ppl, digits=4)} | {_fmt(tps)} | "
-                 f"{_gib(wb)} | {_fmt(cost_per_million(usd, tps) if tps else None, digits=4)} |")
+                 f"{_gib(wb)} | {cost} |")
     L.append("")
 
     if c.comparisons:
-        L += ["## Speedup dense → sparse (paired, alternating iterations)", "",
-              "Ratios are per iteration pair (dense and sparse run back to back, order alternating): p50 with min/max and "
-              "standard deviation. Speedup = dense time / sparse time; throughput ratio = sparse / dense. >1 favours sparse.", ""]
-        for cmp, _d, s_run in c.comparisons:
-            no_kernels = s_run is None or s_run.sparse_kernels.active is not True
+        L += ["## Dense vs sparse, paired windows", "",
+              "Each pair is one dense and one sparse measured window run back to back (order alternating). "
+              "A ratio is the geometric mean over pairs with its 95% bootstrap confidence interval (pairs resampled); "
+              "throughput ratio = sparse / dense, latency speedups = dense / sparse, so >1 favours sparse. "
+              "An interval that contains 1.0 is reported as no measurable difference.", ""]
+        for cmp, _d, _s in c.comparisons:
             L += [f"### `{cmp.sparse_label}` vs `{cmp.dense_label}`", ""]
-            if no_kernels:
-                L += ["**Sparse kernels did not run (or are unverified) on the sparse side: these ratios are not a sparsity "
-                      "speedup, only the spread of two runs of dense kernels.**", ""]
-            L += [
-                  "| workload | output tok/s ratio | e2e speedup | TTFT speedup | TPOT speedup | cost change |", "|---|---|---|---|---|---|"]
+            if cmp.kind == "noise":
+                L += [f"**{NOISE_HEADING}.**", ""]
+            elif cmp.kind == "unverified":
+                L += ["**Sparse kernels are unverified on the sparse side: a difference may not come from sparsity.**", ""]
+            L += ["| workload | pairs | output tok/s (sparse / dense) | e2e latency | TTFT | ITL | cost change |",
+                  "|---|---|---|---|---|---|---|"]
             for p in cmp.points:
-                s = p.output_tokens_per_s_ratio
-                change = "–" if s.empty else f"{(1 / s.p50 - 1) * 100:+.1f}%" + (" (not from sparsity)" if no_kernels else "")
-                L.append(f"| {p.workload.key} | {_ratio(s)} | {_ratio(p.e2e_speedup)} | {_ratio(p.ttft_speedup)} | "
-                         f"{_ratio(p.tpot_speedup)} | {change} |")
+                s = p.output_throughput_ratio
+                if cmp.kind == "noise":
+                    change = "none (no sparse kernels)"
+                elif s.empty or s.contains_one:
+                    change = "none measurable"
+                else:
+                    change = f"{(1 / s.estimate - 1) * 100:+.1f}%" + ("" if cmp.kind == "sparse" else " (unverified)")
+                L.append(f"| {p.workload.key} | {p.pairs} | {ratio_words(s, cmp.kind)} | {ratio_words(p.e2e_speedup, cmp.kind)} | "
+                         f"{ratio_words(p.ttft_speedup, cmp.kind)} | {ratio_words(p.itl_speedup, cmp.kind)} | {change} |")
             L.append("")
 
     for r in c.runs:
@@ -298,13 +395,19 @@ def render_markdown(c: _Collected, usd: float, verdicts: list[Verdict], plots: l
               + (f" — error: {r.error}" if r.error else ""), "",
               f"sparse kernels: **{ {True: 'yes', False: 'NO', None: 'unverified'}[r.sparse_kernels.active] }** — "
               f"{r.sparse_kernels.kind}" + (f"; {r.sparse_kernels.detail}" if r.sparse_kernels.detail else ""), ""]
+        if r.token_counts:
+            L += [f"token counts: {r.token_counts}", ""]
         if r.build_report is not None:
             L += ["build_report.json: " + ", ".join(f"`{k}`" for k in sorted(r.build_report)[:15]), ""]
-        L += ["| batch | input | output | conc. | TTFT p50 ms | TPOT p50 ms | e2e p50/p90/p99 ms | output tok/s | total tok/s | "
-              "req/s | torch peak | NVML device peak | host peak RSS | $ / 1M out |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-        L += _point_rows(r, usd)
-        notes = sorted({n for p in r.points for n in p.memory.notes})
+        L += ["| batch | input | output | conc. | sequences | TTFT p50 / p99 | ITL p50 / p99 | inter-chunk p50 | "
+              "e2e p50 / p90 / p99 | output tok/s | tok/s per user p50 | req/s | device peak | host peak RSS | "
+              "server memory | $ / 1M out |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        L += _point_rows(r, usd, _noise_run(r, c))
+        L += [""] + [f"- `{p.workload.key}` ({p.load.mode}, {p.load.windows} window(s), {human_seconds(p.window_s)} measured, "
+                     f"{p.load.warmup_requests} warm-up requests): {describe_conditions(p.conditions)}" for p in r.points]
+        notes = sorted({n for p in r.points if p.memory is not None for n in p.memory.notes}
+                       | {n for p in r.points if p.server_memory is not None for n in p.server_memory.notes})
         if notes:
             L += ["", "Memory notes: " + "; ".join(notes)]
         L.append("")
@@ -355,13 +458,14 @@ def _plots(c: _Collected, out: Path) -> list[Path]:
     def save(fig, name: str) -> None:
         p = out / name
         fig.tight_layout()
-        fig.savefig(p, dpi=110)
+        fig.savefig(p, dpi=110, bbox_inches="tight")  # tight: long axis labels are never clipped
         plt.close(fig)
         paths.append(p)
 
     runs = [r for r in c.runs if r.points]
     if runs:
-        # tokens/s vs batch, one line per run and (input, output, concurrency)
+        # output tokens/s vs batch, one line per run and (input, output, concurrency); whiskers span the
+        # per-window throughputs (min..max, never below zero)
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for r in runs:
             groups: dict[tuple[int, int, int], list[PointResult]] = {}
@@ -369,18 +473,21 @@ def _plots(c: _Collected, out: Path) -> list[Path]:
                 groups.setdefault((p.workload.input_len, p.workload.output_len, p.workload.concurrency), []).append(p)
             for (i, o, cc), pts in groups.items():
                 pts = sorted(pts, key=lambda p: p.workload.batch_size)
-                ax.errorbar([p.workload.batch_size for p in pts], [p.output_tokens_per_s.mean for p in pts],
-                            yerr=[p.output_tokens_per_s.std for p in pts], marker="o", capsize=3,
-                            label=f"{r.label} in{i} out{o} c{cc}" + ("" if r.sparse_kernels.active is not False or not r.pattern else " (NO sparse kernels)"))
+                ys = [p.output_token_throughput for p in pts]
+                lo = [max(0.0, y - min(p.window_throughputs or [y])) for p, y in zip(pts, ys, strict=True)]
+                hi = [max(0.0, max(p.window_throughputs or [y]) - y) for p, y in zip(pts, ys, strict=True)]
+                ax.errorbar([p.workload.batch_size for p in pts], ys, yerr=[lo, hi], marker="o", capsize=3,
+                            label=f"{r.label} in{i} out{o} c{cc}" + (" (NO sparse kernels)" if _noise_run(r, c) else ""))
         ax.set_xscale("log", base=2)
+        ax.set_ylim(bottom=0)
         ax.set_xlabel("batch size")
-        ax.set_ylabel("output tokens/s (mean ± sd)")
+        ax.set_ylabel("output tokens/s\n(whiskers: per-window min..max)")
         ax.set_title("Throughput vs batch size")
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
         save(fig, "tokens_per_s_vs_batch.png")
 
-        # TTFT and TPOT by workload
+        # TTFT and ITL by workload
         keys = []
         for r in runs:
             for p in r.points:
@@ -388,7 +495,7 @@ def _plots(c: _Collected, out: Path) -> list[Path]:
                     keys.append(p.workload.key)
         fig, axes = plt.subplots(1, 2, figsize=(max(8, 1.2 * len(keys) + 4), 4.5))
         width = 0.8 / len(runs)
-        for metric, ax, title in (("ttft_s", axes[0], "TTFT p50 (ms)"), ("tpot_s", axes[1], "TPOT p50 (ms)")):
+        for metric, ax, title in (("ttft_s", axes[0], "TTFT p50 (ms)"), ("itl_s", axes[1], "ITL p50 (ms)")):
             for j, r in enumerate(runs):
                 by = {p.workload.key: getattr(p, metric) for p in r.points}
                 xs = [k + j * width for k in range(len(keys))]
@@ -400,42 +507,57 @@ def _plots(c: _Collected, out: Path) -> list[Path]:
             ax.set_xticklabels(keys, rotation=30, ha="right", fontsize=7)
             ax.set_title(title + ", whiskers min..p90")
             ax.legend(fontsize=7)
-        save(fig, "ttft_tpot_by_workload.png")
+        save(fig, "ttft_itl_by_workload.png")
 
         # memory bars
         fig, ax = plt.subplots(figsize=(7, 4.5))
-        fields = [("weights", lambda m: m.weights_bytes), ("torch peak", lambda m: m.torch_peak_allocated_bytes),
-                  ("NVML process peak", lambda m: m.nvml_process_used_peak_bytes), ("host peak RSS", lambda m: m.host_peak_rss_bytes)]
+        fields = [("weights", lambda p: p.memory.weights_bytes if p.memory else None),
+                  ("torch peak", lambda p: p.memory.torch_peak_allocated_bytes if p.memory else None),
+                  ("NVML process peak", lambda p: p.memory.nvml_process_used_peak_bytes if p.memory else None),
+                  ("host peak RSS", lambda p: p.memory.host_peak_rss_bytes if p.memory else None),
+                  ("server", lambda p: p.server_memory.peak_bytes if p.server_memory else None)]
         width = 0.8 / len(fields)
         for j, (name, fn) in enumerate(fields):
             vals = []
             for r in runs:
-                xs = [fn(p.memory) for p in r.points if fn(p.memory) is not None]
+                xs = [fn(p) for p in r.points if fn(p) is not None]
                 vals.append(max(xs) / 2**30 if xs else 0.0)
             ax.bar([k + j * width for k in range(len(runs))], vals, width, label=name)
         ax.set_xticks([k + width * (len(fields) - 1) / 2 for k in range(len(runs))])
         ax.set_xticklabels([r.label for r in runs], fontsize=8)
-        ax.set_ylabel("GiB (max over workload points; 0 = not measured)")
+        ax.set_ylabel("GiB\n(max over workload points; 0 = not measured)")
         ax.set_title("Memory")
         ax.legend(fontsize=7)
         save(fig, "memory.png")
 
     if c.comparisons:
-        fig, ax = plt.subplots(figsize=(max(7, 1.0 * max(len(cm.points) for cm, _, _ in c.comparisons) + 4), 4.5))
+        # ratio with its 95% CI per point. A comparison whose sparse side ran no sparse kernels is drawn
+        # in grey as noise (hollow markers, no bars), never as a gain.
+        n_pts = max(len(cm.points) for cm, _, _ in c.comparisons)
+        fig, ax = plt.subplots(figsize=(max(7, 1.0 * n_pts + 4), 4.8))
         n = len(c.comparisons)
         width = 0.8 / n
-        for j, (cmp, _d, s) in enumerate(c.comparisons):
-            ys = [p.output_tokens_per_s_ratio.p50 for p in cmp.points]
-            lo = [p.output_tokens_per_s_ratio.p50 - p.output_tokens_per_s_ratio.min for p in cmp.points]
-            hi = [p.output_tokens_per_s_ratio.max - p.output_tokens_per_s_ratio.p50 for p in cmp.points]
-            flag = "" if s is None or s.sparse_kernels.active else " (NO/unverified sparse kernels)"
-            ax.bar([k + j * width for k in range(len(cmp.points))], ys, width, yerr=[lo, hi], capsize=3,
-                   label=f"{cmp.sparse_label} / {cmp.dense_label}{flag}")
-            ax.set_xticks(range(len(cmp.points)))
+        any_noise = False
+        for j, (cmp, _d, _s) in enumerate(c.comparisons):
+            rs = [p.output_throughput_ratio for p in cmp.points]
+            xs = [k + j * width for k in range(len(cmp.points))]
+            ys = [r.estimate if not r.empty else math.nan for r in rs]
+            lo = [max(0.0, r.estimate - r.ci_low) if r.has_interval else 0.0 for r in rs]
+            hi = [max(0.0, r.ci_high - r.estimate) if r.has_interval else 0.0 for r in rs]
+            if cmp.kind == "noise":
+                any_noise = True
+                ax.errorbar(xs, ys, yerr=[lo, hi], fmt="o", mfc="none", color="0.55", capsize=3,
+                            label=f"{cmp.sparse_label} / {cmp.dense_label}: noise (no sparse kernels ran)")
+            else:
+                tag = "" if cmp.kind == "sparse" else " (sparse kernels unverified)"
+                ax.errorbar(xs, ys, yerr=[lo, hi], fmt="s", capsize=3, label=f"{cmp.sparse_label} / {cmp.dense_label}{tag}")
+            ax.set_xticks([k + width * (n - 1) / 2 for k in range(n_pts)])
             ax.set_xticklabels([p.workload.key for p in cmp.points], rotation=30, ha="right", fontsize=7)
         ax.axhline(1.0, color="k", lw=1)
-        ax.set_ylabel("output tokens/s ratio, sparse / dense (p50, whiskers min..max)")
-        ax.set_title("Speedup dense → sparse")
+        ax.set_ylim(bottom=0)
+        ax.set_ylabel("output tokens/s, sparse / dense\n(geometric mean, 95% CI)")
+        ax.set_title("Dense vs sparse: no sparse kernels ran, differences are noise, not speedup" if any_noise and
+                     all(cm.kind == "noise" for cm, _, _ in c.comparisons) else "Dense vs sparse throughput ratio")
         ax.legend(fontsize=7)
         save(fig, "speedup.png")
 

@@ -23,7 +23,7 @@ from .timing import Summary
 from .workload import Workload
 
 SCHEMA = "sparse_trt.bench.results"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: load-generator windows, AIPerf metric names, bootstrap CIs, run conditions
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,11 @@ class SparseKernels:
 
 @dataclass(frozen=True)
 class MemoryStats:
-    """Memory during one workload point (max over its measured iterations). None = not measurable here."""
+    """Memory during one workload point (max over its measured windows). None = not measurable here.
+
+    ``scope`` says whose memory it is: ``process`` (this process, which runs the model: hf, torch-2of4,
+    trtllm) or ``client`` (this process only sends requests to a server; measured only when asked).
+    """
 
     weights_bytes: int | None
     torch_peak_allocated_bytes: int | None
@@ -66,26 +70,87 @@ class MemoryStats:
     nvml_process_used_peak_bytes: int | None  # this process only
     host_peak_rss_bytes: int | None
     notes: list[str] = field(default_factory=list)
+    scope: str = "process"
+
+
+@dataclass(frozen=True)
+class ServerMemory:
+    """Memory of the server a client backend talks to (``triton``), peak over the measured windows."""
+
+    source: str  # e.g. "server /metrics nv_gpu_memory_used_bytes", "local server process RSS (pid 123)"
+    peak_bytes: int | None
+    label: str = "server"
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class HostSnapshot:
+    """Machine state at one instant: load average and, where NVML works, GPU clocks and temperature."""
+
+    unix_time: float
+    loadavg: list[float]  # 1, 5, 15 minutes; empty where unknown
+    gpu: dict[str, float] = field(default_factory=dict)  # sm_clock_mhz, mem_clock_mhz, temperature_c
+
+
+@dataclass(frozen=True)
+class Conditions:
+    """How busy the machine was while a point was measured (start and end, CPU use and steal in between)."""
+
+    start: HostSnapshot
+    end: HostSnapshot
+    cpu_count: int
+    cpu_busy_pct: float | None  # all CPUs, whole machine, from /proc/stat
+    cpu_steal_pct: float | None  # time the hypervisor gave our virtual CPUs to someone else
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class LoadSettings:
+    """How the load generator drove a point (see sparse_trt/bench/loadgen.py)."""
+
+    mode: str  # "closed-loop" | "poisson"
+    concurrency: int  # workers (closed loop) / most requests in flight (poisson)
+    request_rate: float | None  # requests per second (poisson)
+    warmup_requests: int
+    requests: int | None  # measured requests per window, or None with duration_s
+    duration_s: float | None
+    windows: int = 1  # measured windows (compare: one per pair)
 
 
 @dataclass(frozen=True)
 class PointResult:
+    """One workload point; metric definitions as NVIDIA's AIPerf defines them (docs/bench.md).
+
+    Per-sequence distributions: TTFT, ITL = (e2e - TTFT) / (output tokens - 1), inter-chunk latency (gaps
+    between streamed chunks, all sequences), e2e latency, per-user output throughput = 1 / ITL.
+    Throughputs: totals over the measured window (first request sent -> last response received), summed
+    over windows when there are several.
+    """
+
     workload: Workload
-    warmup: int
-    iterations: int
-    sequences: int  # measured sequences (all iterations)
+    load: LoadSettings
+    requests: int  # measured generate calls
+    sequences: int  # measured sequences (requests x batch size)
     input_tokens: int
     output_tokens: int
-    measured_seconds: float  # sum of iteration wall times
-    ttft_s: Summary  # per sequence
-    tpot_s: Summary  # per sequence: (e2e - ttft) / (output_len - 1)
-    itl_s: Summary  # inter-token gaps, all sequences
-    e2e_s: Summary  # per sequence end-to-end latency
-    output_tokens_per_s: Summary  # per iteration
-    total_tokens_per_s: Summary  # per iteration, prompt + output tokens
-    requests_per_s: Summary  # per iteration, sequences per second
-    memory: MemoryStats
-    iteration_wall_s: list[float] = field(default_factory=list)
+    window_s: float  # sum of measured windows
+    ttft_s: Summary
+    itl_s: Summary
+    inter_chunk_s: Summary
+    e2e_s: Summary
+    output_tokens_per_s_per_user: Summary
+    output_token_throughput: float  # output tokens / window
+    total_token_throughput: float  # (input + output tokens) / window
+    request_throughput: float  # sequences / window
+    memory: MemoryStats | None
+    conditions: Conditions
+    server_memory: ServerMemory | None = None
+    window_list_s: list[float] = field(default_factory=list)  # each measured window
+    window_output_tokens: list[int] = field(default_factory=list)
+
+    @property
+    def window_throughputs(self) -> list[float]:
+        return [t / w for t, w in zip(self.window_output_tokens, self.window_list_s, strict=False) if w > 0]
 
 
 @dataclass(frozen=True)
@@ -103,22 +168,52 @@ class RunResult:
     quality: dict[str, Any] = field(default_factory=dict)  # manifest "quality" (perplexity ...)
     build_report: dict[str, Any] | None = None  # engine build_report.json, copied as is
     backend_info: dict[str, Any] = field(default_factory=dict)
+    token_counts: str = ""  # where output token counts come from (engine, server, model, tokenizer)
+
+
+@dataclass(frozen=True)
+class PairedRatio:
+    """Ratios over pairs of windows measured back to back, with a bootstrap confidence interval.
+
+    ``estimate`` is the geometric mean of the per-pair ratios; ``ci_low``..``ci_high`` its percentile
+    bootstrap interval (resampling pairs) at ``confidence``. NaN bounds: fewer than 2 pairs.
+    """
+
+    ratios: Summary
+    estimate: float
+    ci_low: float
+    ci_high: float
+    confidence: float = 0.95
+
+    @property
+    def empty(self) -> bool:
+        return self.ratios.empty
+
+    @property
+    def has_interval(self) -> bool:
+        return math.isfinite(self.ci_low) and math.isfinite(self.ci_high)
+
+    @property
+    def contains_one(self) -> bool:
+        """True when the interval holds 1.0, or there is no interval: no measurable difference."""
+        return not self.has_interval or self.ci_low <= 1.0 <= self.ci_high
 
 
 @dataclass(frozen=True)
 class ComparePoint:
-    """Paired dense/sparse measurements of one workload point, as ratios with their spread.
+    """Paired dense/sparse measurements of one workload point.
 
-    Speedups are dense_time / sparse_time (>1 = sparse faster); throughput ratios are
-    sparse / dense (>1 = sparse more tokens/s). Each ratio is over iteration pairs measured back to back.
+    Speedups are dense_time / sparse_time (>1 = sparse faster); the throughput ratio is
+    sparse / dense (>1 = sparse more tokens/s). One pair = one dense window and one sparse window
+    measured back to back (order alternating).
     """
 
     workload: Workload
     pairs: int
-    e2e_speedup: Summary
-    ttft_speedup: Summary
-    tpot_speedup: Summary
-    output_tokens_per_s_ratio: Summary
+    output_throughput_ratio: PairedRatio
+    e2e_speedup: PairedRatio
+    ttft_speedup: PairedRatio
+    itl_speedup: PairedRatio
     order: list[str] = field(default_factory=list)  # which side ran first in each measured pair
 
 
@@ -127,6 +222,9 @@ class Comparison:
     dense_label: str
     sparse_label: str
     points: list[ComparePoint]
+    #: "sparse": the sparse side ran sparse kernels; "noise": it ran none (every ratio is noise by
+    #: construction); "unverified": nobody knows
+    kind: str = "unverified"
 
 
 @dataclass(frozen=True)

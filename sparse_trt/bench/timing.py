@@ -60,9 +60,47 @@ class Summary:
 
 def paired_ratios(numerators: Sequence[float], denominators: Sequence[float]) -> Summary:
     """Summary of per-pair ratios a_i / b_i (pairs measured back to back share machine noise)."""
+    return Summary.of(_ratios(numerators, denominators))
+
+
+def _ratios(numerators: Sequence[float], denominators: Sequence[float]) -> list[float]:
     if len(numerators) != len(denominators):
-        raise ValueError("paired_ratios needs equally long sequences")
-    return Summary.of([a / b for a, b in zip(numerators, denominators, strict=True) if b and b > 0 and a is not None])
+        raise ValueError("paired ratios need equally long sequences")
+    out = []
+    for a, b in zip(numerators, denominators, strict=True):
+        if a is None or b is None:
+            continue
+        a, b = float(a), float(b)
+        if math.isfinite(a) and math.isfinite(b) and a > 0 and b > 0:
+            out.append(a / b)
+    return out
+
+
+def bootstrap_ratio(numerators: Sequence[float], denominators: Sequence[float], *, confidence: float = 0.95,
+                    resamples: int = 2000, seed: int = 0) -> tuple[Summary, float, float, float]:
+    """Per-pair ratios a_i / b_i: (their summary, geometric mean, CI low, CI high).
+
+    The interval is a percentile bootstrap of the geometric mean, resampling whole pairs (a pair shares
+    its machine state, so pairs are the independent unit). Fewer than 2 usable pairs: NaN bounds.
+    """
+    import numpy as np
+
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence {confidence} outside (0, 1)")
+    rs = _ratios(numerators, denominators)
+    summary = Summary.of(rs)
+    if not rs:
+        return summary, math.nan, math.nan, math.nan
+    logs = np.log(np.asarray(rs, dtype=np.float64))
+    estimate = float(np.exp(logs.mean()))
+    if len(rs) < 2:
+        return summary, estimate, math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(rs), size=(resamples, len(rs)))
+    means = logs[idx].mean(axis=1)
+    alpha = (1.0 - confidence) / 2.0
+    lo, hi = np.quantile(means, [alpha, 1.0 - alpha])
+    return summary, estimate, float(np.exp(lo)), float(np.exp(hi))
 
 
 class Clock:

@@ -1,83 +1,122 @@
-"""``sparse-trt bench``: run / compare / gemm / synth. Results are written as JSON after every point."""
+"""``sparse-trt bench``: run / compare / gemm / synth. Results are written as JSON after every point.
+
+Thin: options are parsed here into typed values, the work is done by ``sparse_trt.bench.session`` (and
+``gemm_probe`` / ``synth``), and the outcome is rendered. Heavy modules are imported inside commands.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 import typer
 from rich.table import Table
+from rich.text import Text
 
-from sparse_trt.bench.backends.base import BackendSpec, backend_names
-from sparse_trt.bench.environment import capture
-from sparse_trt.bench.gemm_probe import model_shapes, parse_shapes, run_gemm, winners
-from sparse_trt.bench.results import Comparison, ResultsFile, RunResult
-from sparse_trt.bench.runner import compare_benchmark, open_backend, run_benchmark
-from sparse_trt.bench.synth import PRESETS, synth_pair
-from sparse_trt.bench.workload import Workload, grid, parse_int_list
 from sparse_trt.core.errors import InputError, OutputExistsError
 
 from .common import console, handle_errors, out, parse_kv, progress_bar, setup_logging
-from .options import resolve_device, resolve_dtype
+
+if TYPE_CHECKING:
+    import torch
+
+    from sparse_trt.bench.loadgen import LoadSpec
+    from sparse_trt.bench.results import Comparison, RunResult
+    from sparse_trt.bench.workload import Workload
 
 bench_app = typer.Typer(
-    help="Benchmark dense vs sparse: latency (TTFT, TPOT, e2e), tokens/s, memory; GEMM probes.",
+    help="Benchmark dense vs sparse with one closed-loop load generator: TTFT, ITL, e2e latency, "
+         "tokens/s, memory; GEMM probes.",
     no_args_is_help=True,
 )
 
-BACKENDS_HELP = f"Backend: {', '.join(backend_names())}."
+BACKENDS_HELP = "Backend: hf, torch-2of4, trtllm, triton (or a registered one)."
+H_DEVICE = "auto, cpu, cuda, cuda:N."
+H_DTYPE = "auto (the checkpoint's or engine's), float32, float16, bfloat16."
+H_BATCH = "Comma-separated batch sizes: sequences per request."
+H_INPUT = "Comma-separated prompt lengths in tokens (random token ids, identical for dense and sparse)."
+H_OUTPUT = "Comma-separated generated lengths in tokens (exact: end-of-sequence is ignored)."
+H_CONC = "Comma-separated concurrency levels: closed-loop workers, each sending its next request when its previous one ends."
+H_RATE = "Poisson arrivals at this many requests/s (at most --concurrency in flight) instead of a closed loop."
+H_REQUESTS = "Measured requests per window (default: 10 per worker for run, 2 per worker for compare)."
+H_DURATION = "Measure for this many seconds instead of a request count (requests in flight at the end finish and count)."
+H_WARMUP = "Unmeasured warm-up requests per point and side (default: one per worker)."
+H_OPT = "Backend option KEY=VALUE (repeatable); see docs/bench.md."
+H_SEED = "Seed of the random prompts (and of Poisson arrivals)."
+H_OVERWRITE = "Replace an existing results file."
+H_TRC = "Allow models that ship custom code (refused otherwise)."
+H_VERBOSE = "Log details (library warnings, backend messages)."
+H_CLIENT_MEM = "Also measure this process's memory when the backend is a client of a server (labelled client)."
 
 
 def _points(batch_sizes: str, input_lens: str, output_lens: str, concurrency: str) -> list[Workload]:
+    from sparse_trt.bench.workload import grid, parse_int_list
+
     return grid(parse_int_list(batch_sizes, "--batch-sizes"), parse_int_list(input_lens, "--input-lens"),
                 parse_int_list(output_lens, "--output-lens"), parse_int_list(concurrency, "--concurrency"))
 
 
+def _load(requests: int | None, duration: float | None, warmup: int | None, rate: float | None, seed: int,
+          per_worker: int) -> LoadSpec:
+    from sparse_trt.bench.loadgen import LoadSpec
+
+    return LoadSpec(concurrency=1, requests=requests, duration_s=duration, warmup=warmup, request_rate=rate,
+                    seed=seed, per_worker=per_worker)
+
+
 def _check_out(path: Path, overwrite: bool) -> None:
-    if path.exists() and not overwrite:
-        raise OutputExistsError(f"results file '{path}' already exists", fix="choose another path or pass --overwrite")
     if path.exists() and path.is_dir():
         raise OutputExistsError(f"results path '{path}' is a folder", fix="give a file name such as results.json")
-
-
-def _check_counts(warmup: int, iters: int) -> None:
-    if warmup < 0:
-        raise InputError(f"--warmup {warmup} must be 0 or more")
-    if iters < 1:
-        raise InputError(f"--iters {iters} must be at least 1")
+    if path.exists() and not overwrite:
+        raise OutputExistsError(f"results file '{path}' already exists", fix="choose another path or pass --overwrite")
 
 
 def _kernel_warning(run: RunResult, sparse_side: bool) -> None:
     k = run.sparse_kernels
     if k.active is False and (sparse_side or run.pattern):
-        console.print(f"[bold red on white] NO SPARSE KERNELS RAN [/] for '{run.label}' ({run.backend}): {k.kind}. "
-                      "Its timings are dense kernels on zeros; no speedup can come from sparsity.", highlight=False)
+        console.print(Text.assemble((" NO SPARSE KERNELS RAN ", "bold red on white"),
+                                    f" for '{run.label}' ({run.backend}): {k.kind}. Its timings are dense kernels on "
+                                    "zeros; no speedup can come from sparsity."))
     elif k.active is None and (sparse_side or run.pattern):
-        console.print(f"[bold yellow]SPARSE KERNELS NOT VERIFIED[/] for '{run.label}' ({run.backend}): {k.kind}", highlight=False)
+        console.print(Text.assemble(("SPARSE KERNELS NOT VERIFIED", "bold yellow"), f" for '{run.label}' ({run.backend}): {k.kind}"))
 
 
-def _run_table(run: RunResult) -> Table:
-    t = Table(title=f"{run.label} ({run.backend}, {run.device}) — {run.status}")
-    for c in ("workload", "TTFT p50 ms", "TPOT p50 ms", "e2e p50/p99 ms", "out tok/s", "req/s"):
+def run_table(run: RunResult) -> Table:
+    from sparse_trt.bench.conditions import describe
+    from sparse_trt.bench.report import human_number, human_seconds
+
+    t = Table(title=Text(f"{run.label} ({run.backend}, {run.device}) — {run.status}"))
+    for c in ("workload", "TTFT p50", "ITL p50", "e2e p50 / p99", "out tok/s", "tok/s/user p50", "req/s", "conditions"):
         t.add_column(c, justify="right")
     for p in run.points:
-        t.add_row(p.workload.key, f"{p.ttft_s.p50 * 1e3:.2f}", f"{p.tpot_s.p50 * 1e3:.2f}",
-                  f"{p.e2e_s.p50 * 1e3:.1f} / {p.e2e_s.p99 * 1e3:.1f}",
-                  f"{p.output_tokens_per_s.mean:.1f} ± {p.output_tokens_per_s.std:.1f}", f"{p.requests_per_s.mean:.2f}")
+        t.add_row(p.workload.key, human_seconds(p.ttft_s.p50), human_seconds(p.itl_s.p50),
+                  f"{human_seconds(p.e2e_s.p50)} / {human_seconds(p.e2e_s.p99)}", human_number(p.output_token_throughput),
+                  human_number(p.output_tokens_per_s_per_user.p50), human_number(p.request_throughput),
+                  Text(describe(p.conditions)))
+    t.caption = Text(f"token counts: {run.token_counts}") if run.token_counts else None
     return t
 
 
-def _compare_table(cmp: Comparison) -> Table:
-    t = Table(title=f"{cmp.sparse_label} vs {cmp.dense_label}: paired ratios (p50 [min..max]), >1 favours sparse")
-    for c in ("workload", "out tok/s ratio", "e2e speedup", "TTFT speedup", "TPOT speedup"):
+def compare_table(cmp: Comparison) -> Table:
+    """The paired ratios in words; headed as noise when the sparse side ran no sparse kernels."""
+    from sparse_trt.bench.report import NOISE_HEADING, ratio_words
+
+    if cmp.kind == "noise":
+        title = f"{cmp.sparse_label} vs {cmp.dense_label}: {NOISE_HEADING}"
+    else:
+        title = (f"{cmp.sparse_label} vs {cmp.dense_label}: paired ratios (geometric mean [95% CI] over pairs of "
+                 "windows), >1 favours sparse" + ("; sparse kernels unverified" if cmp.kind == "unverified" else ""))
+    t = Table(title=Text(title))  # Text: brackets in titles and cells are not Rich markup
+    for c in ("workload", "output tok/s", "e2e latency", "TTFT", "ITL"):
         t.add_column(c, justify="right")
-
-    def f(s) -> str:
-        return "–" if s.empty else f"{s.p50:.3f} [{s.min:.3f}..{s.max:.3f}]"
-
     for p in cmp.points:
-        t.add_row(p.workload.key, f(p.output_tokens_per_s_ratio), f(p.e2e_speedup), f(p.ttft_speedup), f(p.tpot_speedup))
+        t.add_row(p.workload.key, *(Text(ratio_words(r, cmp.kind)) for r in
+                                    (p.output_throughput_ratio, p.e2e_speedup, p.ttft_speedup, p.itl_speedup)))
     return t
+
+
+def _progress(prog, task):
+    return lambda d, i, n: prog.update(task, description=d, completed=i, total=n)
 
 
 def register(app: typer.Typer) -> None:
@@ -90,44 +129,45 @@ def run_cmd(
     model: str = typer.Argument(..., help="Model folder / hub id (hf, torch-2of4), engine folder (trtllm), Triton model name (triton)."),
     out_path: Path = typer.Option(..., "-o", "--out", help="Results JSON (rewritten after every finished point)."),
     backend: str = typer.Option("hf", "--backend", "-b", help=BACKENDS_HELP),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N."),
-    dtype: str = typer.Option("auto", "--dtype", help="auto, float32, float16, bfloat16."),
-    batch_sizes: str = typer.Option("1", "--batch-sizes", help="Comma-separated batch sizes (sequences per request)."),
-    input_lens: str = typer.Option("128", "--input-lens", help="Comma-separated prompt lengths (tokens)."),
-    output_lens: str = typer.Option("128", "--output-lens", help="Comma-separated generated lengths (exact; EOS ignored)."),
-    concurrency: str = typer.Option("1", "--concurrency", help="Comma-separated numbers of requests in flight."),
-    warmup: int = typer.Option(2, "--warmup", help="Unmeasured iterations per point."),
-    iters: int = typer.Option(10, "--iters", help="Measured iterations per point."),
+    device: str = typer.Option("auto", "--device", help=H_DEVICE),
+    dtype: str = typer.Option("auto", "--dtype", help=H_DTYPE),
+    batch_sizes: str = typer.Option("1", "--batch-sizes", help=H_BATCH),
+    input_lens: str = typer.Option("128", "--input-lens", help=H_INPUT),
+    output_lens: str = typer.Option("128", "--output-lens", help=H_OUTPUT),
+    concurrency: str = typer.Option("1", "--concurrency", help=H_CONC),
+    request_rate: float | None = typer.Option(None, "--request-rate", help=H_RATE),
+    requests: int | None = typer.Option(None, "--requests", help=H_REQUESTS),
+    duration: float | None = typer.Option(None, "--duration", help=H_DURATION),
+    warmup: int | None = typer.Option(None, "--warmup", help=H_WARMUP),
     label: str | None = typer.Option(None, "--label", help="Name of this run in results and reports."),
-    opt: list[str] = typer.Option([], "--opt", help="Backend option KEY=VALUE (repeatable); see docs/bench.md."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the random prompts."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing results file."),
-    trust_remote_code: bool = typer.Option(False, "--trust-remote-code"),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    opt: list[str] = typer.Option([], "--opt", help=H_OPT),
+    seed: int = typer.Option(0, "--seed", help=H_SEED),
+    client_memory: bool = typer.Option(False, "--client-memory", help=H_CLIENT_MEM),
+    overwrite: bool = typer.Option(False, "--overwrite", help=H_OVERWRITE),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help=H_TRC),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help=H_VERBOSE),
 ) -> None:
-    """Measure one backend over a workload grid: TTFT, TPOT, e2e p50/p90/p99, tokens/s, req/s, memory."""
+    """Measure one backend over a workload grid: TTFT, ITL, inter-chunk, e2e (p50/p90/p99), tokens/s, req/s, memory."""
     setup_logging(verbose)
+    from sparse_trt.bench.backends.base import BackendSpec
+    from sparse_trt.bench.environment import capture
+    from sparse_trt.bench.session import Side, run_to_file
+
+    from .options import resolve_device, resolve_dtype
+
     _check_out(out_path, overwrite)
-    _check_counts(warmup, iters)
+    load = _load(requests, duration, warmup, request_rate, seed, per_worker=10)
     points = _points(batch_sizes, input_lens, output_lens, concurrency)
     dev = resolve_device(device)
     spec = BackendSpec(model, dev, resolve_dtype(dtype), parse_kv(opt, "--opt"), trust_remote_code)
+    name = label or f"{backend}:{Path(model).name or model}"
     env = capture(dev)
-    b = open_backend(backend, spec, points)
-    try:
-        name = label or f"{backend}:{Path(model).name or model}"
-
-        def write(run: RunResult) -> None:
-            ResultsFile("run", env, runs=[run]).save(out_path)
-
-        with progress_bar(f"bench {name}", total=len(points) * (warmup + iters)) as (prog, task):
-            run = run_benchmark(b, points, warmup=warmup, iters=iters, label=name, seed=seed, on_update=write,
-                                progress=lambda d, i, n: prog.update(task, description=d, completed=i, total=n))
-    finally:
-        b.close()
-    out.print(_run_table(run))
+    with progress_bar(f"bench {name}") as (prog, task):
+        run = run_to_file(Side(backend, spec, name), points, load, out_path, env, seed=seed,
+                          client_memory=client_memory, progress=_progress(prog, task))
+    out.print(run_table(run))
     _kernel_warning(run, sparse_side=False)
-    console.print(f"wrote {out_path}")
+    console.print(f"wrote {out_path}", markup=False, highlight=False)
 
 
 @bench_app.command("compare")
@@ -139,30 +179,46 @@ def compare_cmd(
     backend: str = typer.Option("hf", "--backend", "-b", help=f"{BACKENDS_HELP} Used for both sides unless overridden."),
     dense_backend: str | None = typer.Option(None, "--dense-backend", help="Backend of the dense side (default --backend)."),
     sparse_backend: str | None = typer.Option(None, "--sparse-backend", help="Backend of the sparse side (default --backend)."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N."),
-    dtype: str = typer.Option("auto", "--dtype", help="auto, float32, float16, bfloat16."),
-    batch_sizes: str = typer.Option("1", "--batch-sizes"),
-    input_lens: str = typer.Option("128", "--input-lens"),
-    output_lens: str = typer.Option("128", "--output-lens"),
-    concurrency: str = typer.Option("1", "--concurrency"),
-    warmup: int = typer.Option(2, "--warmup"),
-    iters: int = typer.Option(10, "--iters", help="Measured iteration pairs per point (order alternates)."),
-    dense_label: str = typer.Option("dense", "--dense-label"),
-    sparse_label: str = typer.Option("sparse", "--sparse-label"),
+    device: str = typer.Option("auto", "--device", help=H_DEVICE),
+    dtype: str = typer.Option("auto", "--dtype", help=H_DTYPE),
+    batch_sizes: str = typer.Option("1", "--batch-sizes", help=H_BATCH),
+    input_lens: str = typer.Option("128", "--input-lens", help=H_INPUT),
+    output_lens: str = typer.Option("128", "--output-lens", help=H_OUTPUT),
+    concurrency: str = typer.Option("1", "--concurrency", help=H_CONC),
+    request_rate: float | None = typer.Option(None, "--request-rate", help=H_RATE),
+    requests: int | None = typer.Option(None, "--requests", help=H_REQUESTS),
+    duration: float | None = typer.Option(None, "--duration", help=H_DURATION),
+    warmup: int | None = typer.Option(None, "--warmup", help=H_WARMUP),
+    iters: int = typer.Option(5, "--iters", "--pairs",
+                              help="Measured pairs of windows per point (dense and sparse back to back, order alternating); "
+                                   "the confidence intervals resample these pairs."),
+    dense_label: str = typer.Option("dense", "--dense-label", help="Name of the dense side in results and reports."),
+    sparse_label: str = typer.Option("sparse", "--sparse-label", help="Name of the sparse side in results and reports."),
     opt: list[str] = typer.Option([], "--opt", help="Option for both backends KEY=VALUE (repeatable)."),
-    dense_opt: list[str] = typer.Option([], "--dense-opt", help="Option for the dense backend only."),
-    sparse_opt: list[str] = typer.Option([], "--sparse-opt", help="Option for the sparse backend only."),
-    seed: int = typer.Option(0, "--seed"),
-    overwrite: bool = typer.Option(False, "--overwrite"),
-    trust_remote_code: bool = typer.Option(False, "--trust-remote-code"),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    dense_opt: list[str] = typer.Option([], "--dense-opt", help="Option for the dense backend only (KEY=VALUE, repeatable)."),
+    sparse_opt: list[str] = typer.Option([], "--sparse-opt", help="Option for the sparse backend only (KEY=VALUE, repeatable)."),
+    allow_different_models: bool = typer.Option(
+        False, "--allow-different-models",
+        help="Compare two models whose architecture or shapes differ (refused otherwise: the sparse model should be "
+             "the dense one pruned)."),
+    seed: int = typer.Option(0, "--seed", help=H_SEED),
+    client_memory: bool = typer.Option(False, "--client-memory", help=H_CLIENT_MEM),
+    overwrite: bool = typer.Option(False, "--overwrite", help=H_OVERWRITE),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help=H_TRC),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help=H_VERBOSE),
 ) -> None:
-    """Dense vs sparse in one process, alternating on identical prompts; reports paired ratios with spread."""
+    """Dense vs sparse in one process, in alternating pairs of windows on identical prompts; ratios with 95% CIs."""
     setup_logging(verbose)
+    from sparse_trt.bench.backends.base import BackendSpec
+    from sparse_trt.bench.environment import capture
+    from sparse_trt.bench.session import Side, compare_to_file
+
+    from .options import resolve_device, resolve_dtype
+
     _check_out(out_path, overwrite)
-    _check_counts(warmup, iters)
-    if dense_label == sparse_label:
-        raise InputError("--dense-label and --sparse-label must differ")
+    if iters < 1:
+        raise InputError(f"--iters {iters} must be at least 1", fix="e.g. --iters 5 (2 or more give a confidence interval)")
+    load = _load(requests, duration, warmup, request_rate, seed, per_worker=2)
     points = _points(batch_sizes, input_lens, output_lens, concurrency)
     dev = resolve_device(device)
     dt = resolve_dtype(dtype)
@@ -170,26 +226,18 @@ def compare_cmd(
     d_spec = BackendSpec(dense, dev, dt, {**common, **parse_kv(dense_opt, "--dense-opt")}, trust_remote_code)
     s_spec = BackendSpec(sparse, dev, dt, {**common, **parse_kv(sparse_opt, "--sparse-opt")}, trust_remote_code)
     env = capture(dev)
-    db = open_backend(dense_backend or backend, d_spec, points)
-    try:
-        sb = open_backend(sparse_backend or backend, s_spec, points)
-        try:
-            def write(rd: RunResult, rs: RunResult, cmp: Comparison) -> None:
-                ResultsFile("compare", env, runs=[rd, rs], comparisons=[cmp]).save(out_path)
-
-            with progress_bar("compare", total=len(points) * (warmup + iters)) as (prog, task):
-                rd, rs, cmp = compare_benchmark(
-                    db, sb, points, warmup=warmup, iters=iters, labels=(dense_label, sparse_label), seed=seed,
-                    on_update=write, progress=lambda d, i, n: prog.update(task, description=d, completed=i, total=n))
-        finally:
-            sb.close()
-    finally:
-        db.close()
-    out.print(_run_table(rd))
-    out.print(_run_table(rs))
-    out.print(_compare_table(cmp))
-    _kernel_warning(rs, sparse_side=True)
-    console.print(f"wrote {out_path}")
+    with progress_bar("compare") as (prog, task):
+        res = compare_to_file(Side(dense_backend or backend, d_spec, dense_label),
+                              Side(sparse_backend or backend, s_spec, sparse_label), points, load, out_path, env,
+                              pairs=iters, seed=seed, allow_different_models=allow_different_models,
+                              client_memory=client_memory, progress=_progress(prog, task))
+    for n in res.notes:
+        console.print(f"note: {n}", markup=False, highlight=False)
+    out.print(run_table(res.dense))
+    out.print(run_table(res.sparse))
+    out.print(compare_table(res.comparison))
+    _kernel_warning(res.sparse, sparse_side=True)
+    console.print(f"wrote {out_path}", markup=False, highlight=False)
 
 
 @bench_app.command("gemm")
@@ -200,21 +248,33 @@ def gemm_cmd(
     shapes: str | None = typer.Option(None, "--shapes", help="Explicit OUTxIN weight shapes, e.g. 4096x4096,11008x4096."),
     tokens: str = typer.Option("1,16,256,2048", "--tokens", help="Comma-separated token counts (rows of the input)."),
     dtype: str = typer.Option("float16", "--dtype", help="float16 or bfloat16."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N."),
-    warmup: int = typer.Option(10, "--warmup"),
-    iters: int = typer.Option(50, "--iters"),
+    device: str = typer.Option("auto", "--device", help=H_DEVICE),
+    warmup: int = typer.Option(10, "--warmup", help="Untimed calls per shape and token count before timing."),
+    iters: int = typer.Option(50, "--iters", help="Timed calls per shape and token count (p50 reported)."),
     kernel: str = typer.Option("auto", "--kernel", help="torch 2:4 kernel: auto, cusparselt, cutlass."),
     onnx: bool = typer.Option(True, "--onnx/--no-onnx", help="Check one-layer ONNX graphs with real 2:4 weights (CPU, ONNX Runtime)."),
     onnx_max_elements: int = typer.Option(4096 * 14336, "--onnx-max-elements", help="Skip ONNX checks of bigger weights."),
     tensorrt: bool = typer.Option(True, "--tensorrt/--no-tensorrt", help="Also time TensorRT engines (when installed, on CUDA)."),
-    overwrite: bool = typer.Option(False, "--overwrite"),
-    trust_remote_code: bool = typer.Option(False, "--trust-remote-code"),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    overwrite: bool = typer.Option(False, "--overwrite", help=H_OVERWRITE),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help=H_TRC),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help=H_VERBOSE),
 ) -> None:
     """Dense vs 2:4 matmul for every distinct linear shape; says which shapes win. CPU: 'not available' rows."""
     setup_logging(verbose)
+    import torch
+
+    from sparse_trt.bench.environment import capture
+    from sparse_trt.bench.gemm_probe import model_shapes, parse_shapes, run_gemm, winners
+    from sparse_trt.bench.results import ResultsFile
+    from sparse_trt.bench.workload import parse_int_list
+
+    from .options import resolve_device, resolve_dtype
+
     _check_out(out_path, overwrite)
-    _check_counts(warmup, iters)
+    if warmup < 0:
+        raise InputError(f"--warmup {warmup} must be 0 or more")
+    if iters < 1:
+        raise InputError(f"--iters {iters} must be at least 1")
     if (model is None) == (shapes is None):
         raise InputError("give either a MODEL or --shapes (not both, not neither)", fix="e.g. --shapes 4096x4096,11008x4096")
     dt = resolve_dtype(dtype)
@@ -229,7 +289,7 @@ def gemm_cmd(
                        kernel=kernel, onnx=onnx, onnx_max_elements=onnx_max_elements, tensorrt=tensorrt,
                        progress=lambda i, n: prog.update(task, completed=i, total=n))
     ResultsFile("gemm", env, gemm=res).save(out_path)
-    t = Table(title=f"GEMM dense vs 2:4 ({dtype}, {dev})")
+    t = Table(title=Text(f"GEMM dense vs 2:4 ({dtype}, {dev})"))
     for c in ("shape out×in", "tokens", "engine", "dense p50 µs", "2:4 p50 µs", "speedup", "verdict / status"):
         t.add_column(c)
     verdicts = {id(r): v for r, v in winners(res)}
@@ -238,75 +298,66 @@ def gemm_cmd(
             t.add_row(f"{r.shape[0]}×{r.shape[1]}", str(r.tokens), r.engine, f"{r.dense_s.p50 * 1e6:.1f}",
                       f"{r.sparse_s.p50 * 1e6:.1f}", f"{r.speedup:.3f}", verdicts.get(id(r), "–"))
         else:
-            t.add_row(f"{r.shape[0]}×{r.shape[1]}", str(r.tokens), r.engine, "–", "–", "–", f"[yellow]{r.status}[/]")
+            t.add_row(f"{r.shape[0]}×{r.shape[1]}", str(r.tokens), r.engine, "–", "–", "–", Text(r.status, style="yellow"))
     out.print(t)
     for c in res.onnx_checks:
-        state = "[green]passed[/]" if c.passed else "[bold red]FAILED[/]"
-        console.print(f"ONNX {c.shape[0]}×{c.shape[1]} {c.dtype}: checker {c.checker}, ORT max|err| "
-                      f"{c.onnxruntime_max_abs_err:.3g} (tol {c.tolerance:.3g}), zeros {c.sparse_fraction:.2f}: {state}")
+        state = ("passed", "green") if c.passed else ("FAILED", "bold red")
+        console.print(Text.assemble(f"ONNX {c.shape[0]}×{c.shape[1]} {c.dtype}: checker {c.checker}, ORT max|err| "
+                                    f"{c.onnxruntime_max_abs_err:.3g} (tol {c.tolerance:.3g}), zeros {c.sparse_fraction:.2f}: ",
+                                    state))
     for n in res.notes:
-        console.print(f"note: {n}")
+        console.print(f"note: {n}", markup=False, highlight=False)
     won = [r for r, v in winners(res) if v == "sparse wins"]
     timed = [r for r in res.rows if r.status == "ok"]
     console.print(f"sparse wins {len(won)}/{len(timed)} timed rows" if timed else
                   "[bold yellow]no GEMM was timed on this device[/]: see the 'not available' rows")
-    console.print(f"wrote {out_path}")
-    if any(not c.passed for c in res.onnx_checks):
-        raise typer.Exit(9)
+    console.print(f"wrote {out_path}", markup=False, highlight=False)
+    failed = [c for c in res.onnx_checks if not c.passed]
+    if failed:
+        from sparse_trt.bench.errors import CorrectnessError
+
+        raise CorrectnessError(f"{len(failed)} ONNX 2:4 GEMM check(s) failed (see above); results kept in {out_path}",
+                               fix="do not trust 2:4 timings on this stack until the check passes")
 
 
 @bench_app.command("synth")
 @handle_errors
 def synth_cmd(
     out_dir: Path = typer.Argument(..., help="Folder for OUT/dense and OUT/sparse-2of4."),
-    config: str = typer.Option("llama-7b", "--config", help=f"Preset ({', '.join(PRESETS)}) or a config.json path."),
+    config: str = typer.Option("llama-7b", "--config", help="Preset (llama-7b, mistral-7b, ...) or a config.json path."),
     layers: int | None = typer.Option(None, "--layers", help="Override num_hidden_layers (keep it small)."),
     dtype: str = typer.Option("float16", "--dtype", help="float32, float16 or bfloat16."),
-    seed: int = typer.Option(0, "--seed"),
-    overwrite: bool = typer.Option(False, "--overwrite"),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    seed: int = typer.Option(0, "--seed", help="Seed of the random weights."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing OUT/dense and OUT/sparse-2of4."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help=H_VERBOSE),
 ) -> None:
     """Build a random-weight model from a config, save it dense and 2:4 (magnitude mask + sparsity.json)."""
     setup_logging(verbose)
+    from sparse_trt.bench.synth import synth_pair
+
+    from .options import resolve_dtype
+
     dt = resolve_dtype(dtype)
     if dt is None:
         raise InputError("--dtype auto has no meaning for a model built from a config", fix="use float16, bfloat16 or float32")
     pair = synth_pair(config, out_dir, dtype=dt, seed=seed, num_layers=layers, overwrite=overwrite)
-    console.print(f"built {pair.params / 1e9:.2f}B parameters, {pair.layers} layers: {pair.dense_dir} and {pair.sparse_dir}")
+    console.print(f"built {pair.params / 1e9:.2f}B parameters, {pair.layers} layers: {pair.dense_dir} and {pair.sparse_dir}",
+                  markup=False, highlight=False)
 
 
 def demo_bench_step(dense: str, pruned: Path, out_dir: Path, device: torch.device) -> Path:
-    """The demo's benchmark step: a small dense-vs-pruned compare on the hf backend, then a report.
+    """The demo's benchmark step (``sparse_trt.bench.session.demo_compare``) with its output; returns the report folder.
 
-    Returns the report folder. On the hf backend no sparse kernels run, and the report says so loudly:
-    that is the point of showing it (zeros alone buy nothing).
+    On the hf backend no sparse kernels run: the ratio table is headed as noise by construction and the
+    verdict says no sparse kernels ran.
     """
-    from sparse_trt.bench.report import build_report
+    from sparse_trt.bench.session import demo_compare, demo_request_count
 
-    bench_dir = out_dir / "bench"
-    bench_dir.mkdir(parents=True, exist_ok=True)
-    res_path = bench_dir / "compare.json"
-    points = grid([1, 4], [32], [12], [1])
-    env = capture(device, ["sparse-trt", "demo", "(bench step)"])
-    db = open_backend("hf", BackendSpec(dense, device), points)
-    try:
-        sb = open_backend("hf", BackendSpec(str(pruned), device), points)
-        try:
-            def write(rd: RunResult, rs: RunResult, cmp: Comparison) -> None:
-                ResultsFile("compare", env, runs=[rd, rs], comparisons=[cmp]).save(res_path)
-
-            with progress_bar("dense vs pruned (hf)", total=len(points) * 4) as (prog, task):
-                rd, rs, cmp = compare_benchmark(
-                    db, sb, points, warmup=1, iters=3, labels=("dense", "pruned"), on_update=write,
-                    progress=lambda d, i, n: prog.update(task, description=d, completed=i, total=n))
-        finally:
-            sb.close()
-    finally:
-        db.close()
-    out.print(_compare_table(cmp))
-    _kernel_warning(rs, sparse_side=True)
-    rep = build_report([res_path], bench_dir / "report", gpu_hour_usd=2.5)
-    for v in rep.verdicts:
-        console.print(f"[bold]verdict[/]: {v.answer}", highlight=False)
-    console.print(f"wrote {res_path} and {rep.markdown}")
-    return bench_dir / "report"
+    with progress_bar("dense vs pruned (hf)", total=demo_request_count()) as (prog, task):
+        res = demo_compare(dense, pruned, out_dir, device, progress=_progress(prog, task))
+    out.print(compare_table(res.compare.comparison))
+    _kernel_warning(res.compare.sparse, sparse_side=True)
+    for v in res.verdicts:
+        console.print(Text.assemble(("verdict", "bold"), f": {v.answer}"))
+    console.print(f"wrote {res.results} and {res.report_dir / 'report.md'}", markup=False, highlight=False)
+    return res.report_dir

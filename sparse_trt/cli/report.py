@@ -5,8 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-
-from sparse_trt.bench.report import build_report
+from rich.text import Text
 
 from .common import console, handle_errors, out, setup_logging
 
@@ -17,15 +16,17 @@ def register(app: typer.Typer) -> None:
     def report_cmd(
         results: list[Path] = typer.Argument(..., help="Results JSON files from `sparse-trt bench run|compare|gemm`."),
         out_dir: Path = typer.Option(..., "-o", "--out", help="Report folder (report.md + PNG plots)."),
-        gpu_hour_usd: float = typer.Option(2.5, "--gpu-hour-usd", help="Price of one device-hour, for cost per 1M output tokens."),
+        gpu_hour_usd: float = typer.Option(2.5, "--gpu-hour-usd", help="Price of one device-hour in USD, for cost per 1M output tokens."),
         max_ppl_increase: float = typer.Option(0.05, "--max-ppl-increase", help="Quality counts as kept up to this relative perplexity rise."),
         plots: bool = typer.Option(True, "--plots/--no-plots", help="Render PNG plots (needs matplotlib: the bench extra)."),
-        verbose: bool = typer.Option(False, "--verbose", "-v"),
+        verbose: bool = typer.Option(False, "--verbose", "-v", help="Log details (library warnings)."),
     ) -> None:
         """Does the sparse model cut cost per useful token while keeping quality? Answered from measurements."""
         setup_logging(verbose)
+        from sparse_trt.bench.report import build_report
+
         res = build_report(list(results), out_dir, gpu_hour_usd=gpu_hour_usd, max_ppl_increase=max_ppl_increase, plots=plots)
         for v in res.verdicts:
             style = "bold green" if v.answer.startswith("YES") else "bold red" if v.answer.startswith("NO") else "bold yellow"
-            out.print(f"[{style}]{v.sparse_label} vs {v.dense_label}: {v.answer}[/]", highlight=False)
-        console.print(f"wrote {res.markdown}" + (f" and {len(res.plots)} plots" if res.plots else ""))
+            out.print(Text(f"{v.sparse_label} vs {v.dense_label}: {v.answer}", style=style))
+        console.print(f"wrote {res.markdown}" + (f" and {len(res.plots)} plots" if res.plots else ""), markup=False, highlight=False)

@@ -23,10 +23,15 @@ Life cycle, as the runner drives it::
     b.vocab_size()                                # prompts are random token ids below this
     b.generate(GenerationRequest(...))            # many times, possibly from several threads (see thread_safe)
     b.sparse_kernels()                            # SparseKernels: did sparse kernels run? be honest
+    b.token_counts()                              # where output token counts come from (engine, server, ...)
+    b.model_signature()                           # architecture and shapes, for `bench compare`'s same-model check
+    b.server_memory_probe()                       # client backends: the server's memory (None: in-process)
     b.weights_bytes()                             # bytes the weights occupy on the device, None if unknown
     b.close()
 
-``generate`` must produce exactly ``max_new_tokens`` tokens per sequence (ignore end-of-sequence) and
+``generate`` is called by the load generator (sparse_trt/bench/loadgen.py) from ``concurrency`` worker
+threads when ``thread_safe`` is True (else calls are serialised and the wait counts as latency). It must
+produce exactly ``max_new_tokens`` tokens per sequence (ignore end-of-sequence) and
 time it with :class:`~sparse_trt.bench.timing.Clock` (which synchronises the device), returning one
 :class:`SequenceTiming` per prompt: when the request started, when that sequence's first output token
 was available to the caller, when it finished, and, if the backend streams, the time of every token.
@@ -63,6 +68,9 @@ class BackendSpec:
 class GenerationRequest:
     prompts: list[list[int]]  # one list of token ids per sequence
     max_new_tokens: int
+    #: text prompts (one per sequence) for backends that take text (``triton`` with interface=text);
+    #: when given, ``prompts`` may be empty lists
+    texts: list[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -84,6 +92,9 @@ class Backend(ABC):
     thread_safe: ClassVar[bool] = False
     #: what --model means for this backend, for messages
     model_kind: ClassVar[str] = "model"
+    #: does the model run in this process? (False for clients of a server: this process's memory is the
+    #: client's, measured only when asked and labelled "client"; the server's comes from server_memory_probe)
+    memory_is_local: ClassVar[bool] = True
 
     def __init__(self, spec: BackendSpec) -> None:
         self.spec = spec
@@ -118,6 +129,21 @@ class Backend(ABC):
         return None, {}
 
     def build_report(self) -> dict[str, Any] | None:
+        return None
+
+    def token_counts(self) -> str:
+        """Where the output token counts come from, for the results (e.g. "engine: output ids per step")."""
+        return "backend"
+
+    def model_signature(self) -> dict[str, Any] | None:
+        """Architecture and shapes (model_type, hidden size, layers, heads, vocab ...) or None when unknown.
+
+        ``bench compare`` refuses two models whose signatures differ (unless --allow-different-models).
+        """
+        return None
+
+    def server_memory_probe(self) -> Any:
+        """For client backends: an object with ``start()`` and ``stop() -> ServerMemory | None``; else None."""
         return None
 
     def info(self) -> dict[str, Any]:

@@ -130,6 +130,15 @@ class HFBackend(Backend):
         return [SequenceTiming(start, times[0], end, in_len, n_new, list(times)) for _ in request.prompts]
 
     # -- honesty ------------------------------------------------------------------------------------
+    def token_counts(self) -> str:
+        return "model: tokens generated in this process (exact; end-of-sequence ignored)"
+
+    def model_signature(self) -> dict[str, Any] | None:
+        cfg = self._cfg()
+        keys = ("model_type", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                "num_key_value_heads", "vocab_size", "n_embd", "n_layer", "n_head", "ffn_dim")
+        return {k: getattr(cfg, k) for k in keys if getattr(cfg, k, None) is not None}
+
     def _manifest(self) -> Manifest | None:
         p = Path(self.spec.model).expanduser()
         if not (p / MANIFEST_NAME).is_file():

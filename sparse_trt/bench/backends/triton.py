@@ -12,7 +12,10 @@ whether sparse kernels ran is *unknown*), ``vocab_size`` (prompt ids are drawn b
 the engine's, else 1000), ``end_id`` (default -1: never stop early), ``timeout_s`` (default 600),
 ``input_ids``/``input_lengths``/``request_output_len``/``streaming``/``end_id_name``/``output_ids``
 (tensor names). ``interface=text`` (+ ``tokenizer=DIR``): call the text entry model of a repository
-written by ``sparse-trt triton repo`` instead (see ``sparse_trt.serve.triton.bench_adapter``).
+written by ``sparse-trt triton repo`` instead (see ``sparse_trt.serve.triton.bench_adapter``); requests
+that carry text prompts (``GenerationRequest.texts``, as ``sparse-trt triton load`` sends) need no
+tokenizer. Memory: the server's (``metrics_url=http://HOST:PORT/metrics`` for its GPU memory; a local
+server's process tree RSS is found through /proc, or ``server_pid=PID``), labelled server.
 """
 
 from __future__ import annotations
@@ -86,6 +89,7 @@ class _Stream:
 class TritonBackend(Backend):
     name = "triton"
     thread_safe = True
+    memory_is_local = False
     model_kind = "Triton model name (server given by --opt url=HOST:PORT)"
 
     def __init__(self, spec) -> None:
@@ -101,6 +105,7 @@ class TritonBackend(Backend):
         self._streams_lock = threading.Lock()
         self._counter = 0
         self._text = None  # sparse_trt.serve.triton.bench_adapter.TextInterface with --opt interface=text
+        self._text_only = False
 
     def limits(self) -> Limits:
         if self.cfg:
@@ -109,10 +114,12 @@ class TritonBackend(Backend):
 
     def load(self) -> None:
         self._grpc = require("tritonclient.grpc", "benchmarking a Triton server")
-        if self.spec.options.get("interface", "tokens") == "text":
+        if self.spec.options.get("interface", "tokens") == "text" and "tokenizer" in self.spec.options:
             from sparse_trt.serve.triton.bench_adapter import TextInterface
 
             self._text = TextInterface(self.spec.options)
+        elif self.spec.options.get("interface", "tokens") == "text":
+            self._text_only = True  # text prompts only (triton load): no tokenizer needed
         client = self._grpc.InferenceServerClient(url=self.url)
         try:
             live = client.is_server_live()
@@ -127,6 +134,11 @@ class TritonBackend(Backend):
                                fix="check the server log and the model repository")
 
     def vocab_size(self) -> int:
+        if self._text_only:
+            from sparse_trt.serve.triton.errors import TokenizerError
+
+            raise TokenizerError("--opt interface=text with token-id prompts needs --opt tokenizer=DIR",
+                                 fix="add --opt tokenizer=PATH/TO/HF_MODEL (the served model's folder)")
         if "vocab_size" in self.spec.options:
             return int(self.spec.options["vocab_size"])
         if self._text is not None:
@@ -153,9 +165,16 @@ class TritonBackend(Backend):
             inputs.append(t)
         return inputs
 
+    def build_text_inputs(self, text: str, max_new_tokens: int) -> list[Any]:
+        from sparse_trt.serve.triton.client import SamplingParams, _inputs
+
+        temp = float(self.spec.options["temperature"]) if "temperature" in self.spec.options else None
+        return _inputs(self._grpc, text, SamplingParams(max_tokens=max_new_tokens, temperature=temp, ignore_eos=True),
+                       stream=True)
+
     def tokens_in(self, result) -> int:
         """How many new tokens one streamed response carries."""
-        if self._text is not None:
+        if self._text is not None or self._text_only:
             return self._text.tokens_in(result)
         arr = result.as_numpy(self.names["output_ids"])
         return 0 if arr is None else int(arr.shape[-1])
@@ -184,11 +203,15 @@ class TritonBackend(Backend):
         qs = {rid: queue.Queue() for rid in ids}
         with s.lock:
             s.queues.update(qs)
+        texts = request.texts
+        if texts is not None and len(texts) != len(request.prompts):
+            raise ValueError("GenerationRequest.texts and prompts differ in length")
+        inputs = [self.build_text_inputs(texts[i], request.max_new_tokens) if texts is not None
+                  else self.build_inputs(p, request.max_new_tokens) for i, p in enumerate(request.prompts)]
         start = time.perf_counter()
         try:
-            for rid, prompt in zip(ids, request.prompts, strict=True):
-                s.client.async_stream_infer(self.spec.model, self.build_inputs(prompt, request.max_new_tokens),
-                                            request_id=rid, enable_empty_final_response=True)
+            for rid, inp in zip(ids, inputs, strict=True):
+                s.client.async_stream_infer(self.spec.model, inp, request_id=rid, enable_empty_final_response=True)
             out = []
             for rid, prompt in zip(ids, request.prompts, strict=True):
                 times: list[float] = []
@@ -221,6 +244,16 @@ class TritonBackend(Backend):
 
     def build_report(self) -> dict[str, Any] | None:
         return self.report
+
+    def token_counts(self) -> str:
+        if self._text is not None or self._text_only:
+            return "server: one streamed response per generated token (text interface, ignore_eos)"
+        return f"server: lengths of the streamed '{self.names['output_ids']}' tensors"
+
+    def server_memory_probe(self):
+        from ..server_memory import ServerMemoryProbe
+
+        return ServerMemoryProbe.for_url(self.url, self.spec.options)
 
     def quality(self):
         dirs = ([self.engine_dir] if self.engine_dir else []) + report_source_dirs(self.report)
