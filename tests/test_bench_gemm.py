@@ -97,3 +97,60 @@ def test_gpu_check_script_inputs_are_valid():
         for line in opts:
             for opt in re.findall(r"(--[a-z][a-z0-9-]+)", line):
                 assert opt in help_text, (cmd, opt)
+
+
+def test_tensorrt_tactic_from_its_info_log():
+    from sparse_trt.bench.gemm_probe import (
+        TRT_NOT_ELIGIBLE,
+        TRT_NOT_PICKED,
+        TRT_PICKED,
+        TRT_UNKNOWN,
+        tactic_status,
+    )
+
+    # the messages a TensorRT logger receives (no timestamp prefix), as in its (Sparsity) INFO lines
+    elig = "(Sparsity) Layers eligible for sparse math: gemm_matmul"
+    assert tactic_status(elig + "\n(Sparsity) TRT inference plan picked sparse implementation for layers: gemm_matmul") == TRT_PICKED
+    assert tactic_status(elig + "\n(Sparsity) TRT inference plan picked sparse implementation for layers: ") == TRT_NOT_PICKED
+    assert tactic_status("(Sparsity) Layers eligible for sparse math: \n(Sparsity) TRT inference plan picked sparse "
+                         "implementation for layers: ") == TRT_NOT_ELIGIBLE
+    assert tactic_status("Global timing cache in use.") == TRT_UNKNOWN
+
+
+def test_winners_say_not_picked_instead_of_dense_wins():
+    from sparse_trt.bench.gemm_probe import TRT_NOT_PICKED, TRT_PICKED, winners
+    from sparse_trt.bench.results import GemmResult, GemmRow
+    from sparse_trt.bench.timing import Summary
+
+    s = Summary.of([1.0])
+
+    def row(engine, speedup, kind):
+        return GemmRow([64, 64], 8, "float16", engine, "ok", s, s, speedup, 0.0, kind)
+
+    res = GemmResult(device="cuda:0", source="--shapes", rows=[
+        row("tensorrt", 0.9, TRT_NOT_PICKED), row("tensorrt", 1.2, TRT_PICKED), row("torch", 0.9, "torch (CUTLASS)")],
+        onnx_checks=[], notes=[])
+    assert [v for _, v in winners(res)] == ["sparse tactic not picked", "sparse wins", "dense wins"]
+
+
+@pytest.mark.parametrize("req,cc,lt,want", [
+    ("auto", (8, 0), True, "cusparselt"), ("auto", (8, 6), False, "cutlass"), ("auto", (9, 0), True, "cusparselt"),
+    ("cutlass", (8, 9), True, "cutlass"), ("cusparselt", (8, 0), True, "cusparselt"), ("auto", (10, 0), True, "cusparselt"),
+])
+def test_torch_2of4_kernel_choice_per_gpu(req, cc, lt, want):
+    from sparse_trt.bench.backends.torch_2of4 import choose_kernel
+
+    kind, why = choose_kernel(req, cc, lt)
+    assert kind == want and why
+
+
+def test_torch_2of4_kernel_refusals():
+    from sparse_trt.bench.backends.torch_2of4 import choose_kernel
+    from sparse_trt.core.errors import DeviceError
+
+    with pytest.raises(DeviceError, match="sm8x GPUs only; this GPU is sm90"):
+        choose_kernel("cutlass", (9, 0), True)  # Hopper: torch's CUTLASS 2:4 kernels are sm8x-only
+    with pytest.raises(DeviceError, match="only through cuSPARSELt"):
+        choose_kernel("auto", (9, 0), False)
+    with pytest.raises(InputError):
+        choose_kernel("fastest", (8, 0), True)

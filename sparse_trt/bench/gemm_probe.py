@@ -1,8 +1,13 @@
 """Dense vs 2:4 GEMM timings for every distinct linear shape of a model (or explicit shapes).
 
 torch: ``F.linear`` with a dense weight vs the same weight as a semi-structured sparse tensor, timed
-with CUDA events after warm-up, outputs checked against each other. TensorRT (when installed): the
-same weight in a one-layer ONNX graph, built once without and once with sparse weights allowed.
+with CUDA events after warm-up, outputs checked against each other; the kernel backend (cuSPARSELt or
+CUTLASS) is chosen for the GPU as the torch-2of4 backend does. TensorRT (when installed): the same
+weight in a one-layer ONNX graph, built once without and once with sparse weights allowed, one pair of
+engines per token count (the profile's min = opt = max = that count, so TensorRT times its tactics at
+exactly the measured shape). The engines run on a side stream and are timed with events recorded on
+that same stream. TensorRT's INFO log of each sparse build is captured and its ``(Sparsity)`` lines
+parsed, so a row says "sparse tactic not picked" when TensorRT chose dense, instead of "dense wins".
 Where a path cannot run (CPU, old GPU, no TensorRT) the rows say "not available: why" and hold no
 numbers. On any device the ONNX graphs are checked (onnx.checker + ONNX Runtime vs torch).
 """
@@ -98,7 +103,7 @@ def probe_torch(shapes: list[Shape], tokens: list[int], dtype: torch.dtype, devi
 
     from .backends.torch_2of4 import semi_structured_class, shape_ok
 
-    cls, kind = semi_structured_class(kernel)
+    cls, kind, _why = semi_structured_class(kernel, device)
     dn = str(dtype).removeprefix("torch.")
     rows: list[GemmRow] = []
     n = 0
@@ -123,6 +128,57 @@ def probe_torch(shapes: list[Shape], tokens: list[int], dtype: torch.dtype, devi
     return rows
 
 
+#: GemmRow.sparse_kind of TensorRT rows: what TensorRT did with the sparse-weights build
+TRT_PICKED = "TensorRT: sparse tactic picked"
+TRT_NOT_PICKED = "TensorRT: sparse tactic not picked (TensorRT chose a dense tactic)"
+TRT_NOT_ELIGIBLE = "TensorRT: layer not eligible for sparse math"
+TRT_UNKNOWN = "TensorRT: no (Sparsity) lines in the build log (tactic unknown)"
+
+
+def tactic_status(log_text: str) -> str:
+    """What TensorRT's INFO log of one sparse-weights build says about its one GEMM (a TRT_* constant)."""
+    from sparse_trt.build.logparse import parse_build_log
+
+    parsed = parse_build_log(log_text)
+    if not parsed.has_sparsity_lines:
+        return TRT_UNKNOWN
+    if parsed.picked:
+        return TRT_PICKED
+    return TRT_NOT_PICKED if parsed.eligible else TRT_NOT_ELIGIBLE
+
+
+def time_on_stream(fn: Callable[[], object], stream: torch.cuda.Stream, warmup: int, iters: int) -> list[float]:
+    """Seconds per call of ``fn`` (which enqueues work on ``stream``), with events recorded on that stream."""
+    for _ in range(max(0, warmup)):
+        fn()
+    stream.synchronize()
+    out: list[float] = []
+    for _ in range(iters):
+        start = torch.cuda.Event(enable_timing=True)
+        end = torch.cuda.Event(enable_timing=True)
+        start.record(stream)
+        fn()
+        end.record(stream)
+        end.synchronize()
+        out.append(start.elapsed_time(end) / 1000.0)
+    return out
+
+
+def _capture_logger(trt):
+    """A TensorRT logger that keeps INFO-and-worse messages (the builder's (Sparsity) lines are INFO)."""
+
+    class CaptureLogger(trt.ILogger):
+        def __init__(self) -> None:
+            trt.ILogger.__init__(self)
+            self.lines: list[str] = []
+
+        def log(self, severity, msg) -> None:  # noqa: ANN001 - TensorRT's callback signature
+            if int(severity) <= int(trt.ILogger.Severity.INFO):
+                self.lines.append(str(msg))
+
+    return CaptureLogger()
+
+
 def probe_tensorrt(shapes: list[Shape], tokens: list[int], dtype: torch.dtype, device: torch.device, *,
                    warmup: int, iters: int, seed: int = 0, workdir: Path | None = None) -> list[GemmRow]:
     """Dense vs sparse-weights-allowed TensorRT engines of one-layer ONNX GEMMs (TensorRT 10 API)."""
@@ -135,39 +191,41 @@ def probe_tensorrt(shapes: list[Shape], tokens: list[int], dtype: torch.dtype, d
 
     dn = str(dtype).removeprefix("torch.")
     onnx_dtype = torch.float16 if dtype == torch.float16 else torch.float32
-    logger = trt.Logger(trt.Logger.ERROR)
     rows: list[GemmRow] = []
+    stream = torch.cuda.Stream(device)
     for si, (o, i) in enumerate(shapes):
         w = random_2of4((o, i), dtype, None, seed + si).to(onnx_dtype)  # ONNX needs host (numpy) weights
         model_bytes = gemm_graph(w.numpy()).SerializeToString()
-        engines = {}
-        for sparse in (False, True):
-            builder = trt.Builder(logger)
-            network = builder.create_network(0)
-            parser = trt.OnnxParser(network, logger)
-            if not parser.parse(model_bytes):
-                errs = "; ".join(str(parser.get_error(k)) for k in range(parser.num_errors))
-                rows += _na_rows([(o, i)], tokens, dtype, "tensorrt", f"not available: ONNX parse failed ({errs})")
-                engines = {}
-                break
-            config = builder.create_builder_config()
-            config.set_flag(trt.BuilderFlag.FP16 if dtype == torch.float16 else trt.BuilderFlag.BF16)
-            if sparse:
-                config.set_flag(trt.BuilderFlag.SPARSE_WEIGHTS)
-            prof = builder.create_optimization_profile()
-            prof.set_shape("X", (min(tokens), i), (max(tokens), i), (max(tokens), i))
-            config.add_optimization_profile(prof)
-            blob = builder.build_serialized_network(network, config)
-            if blob is None:
-                rows += _na_rows([(o, i)], tokens, dtype, "tensorrt", "not available: TensorRT engine build failed")
-                engines = {}
-                break
-            engines[sparse] = trt.Runtime(logger).deserialize_cuda_engine(blob)
-        if not engines:
-            continue
-        stream = torch.cuda.Stream(device)
         for t in tokens:
+            engines, status, tactic = {}, "ok", TRT_UNKNOWN
+            for sparse in (False, True):
+                logger = _capture_logger(trt)
+                builder = trt.Builder(logger)
+                network = builder.create_network(0)
+                parser = trt.OnnxParser(network, logger)
+                if not parser.parse(model_bytes):
+                    errs = "; ".join(str(parser.get_error(k)) for k in range(parser.num_errors))
+                    status = f"not available: ONNX parse failed ({errs})"
+                    break
+                config = builder.create_builder_config()
+                config.set_flag(trt.BuilderFlag.FP16 if dtype == torch.float16 else trt.BuilderFlag.BF16)
+                if sparse:
+                    config.set_flag(trt.BuilderFlag.SPARSE_WEIGHTS)
+                prof = builder.create_optimization_profile()
+                prof.set_shape("X", (t, i), (t, i), (t, i))  # tactics are timed at exactly this token count
+                config.add_optimization_profile(prof)
+                blob = builder.build_serialized_network(network, config)
+                if blob is None:
+                    status = "not available: TensorRT engine build failed"
+                    break
+                engines[sparse] = trt.Runtime(logger).deserialize_cuda_engine(blob)
+                if sparse:
+                    tactic = tactic_status("\n".join(logger.lines))
+            if status != "ok":
+                rows += _na_rows([(o, i)], [t], dtype, "tensorrt", status)
+                continue
             x = torch.randn(t, i, dtype=onnx_dtype, device=device)
+            stream.wait_stream(torch.cuda.current_stream(device))  # x is written on the current stream
             outs, times = {}, {}
             for sparse, eng in engines.items():
                 ctx = eng.create_execution_context()
@@ -176,16 +234,16 @@ def probe_tensorrt(shapes: list[Shape], tokens: list[int], dtype: torch.dtype, d
                 ctx.set_tensor_address("X", x.data_ptr())
                 ctx.set_tensor_address("Y", y.data_ptr())
 
-                def run(ctx=ctx, stream=stream):
-                    with torch.cuda.stream(stream):
-                        ctx.execute_async_v3(stream.cuda_stream)
+                def run(ctx=ctx):
+                    ctx.execute_async_v3(stream.cuda_stream)
 
-                times[sparse] = time_callable_events(run, device, warmup, iters)
+                times[sparse] = time_on_stream(run, stream, warmup, iters)
                 outs[sparse] = y
+            stream.synchronize()
             err = float((outs[True].float() - outs[False].float()).abs().max())
             ds, ss = Summary.of(times[False]), Summary.of(times[True])
             rows.append(GemmRow([o, i], t, dn, "tensorrt", "ok", ds, ss, ds.p50 / ss.p50 if ss.p50 > 0 else None, err,
-                                "TensorRT (sparse weights allowed; tactic choice is TensorRT's)"))
+                                tactic))
     return rows
 
 
@@ -226,11 +284,16 @@ def run_gemm(shapes: list[Shape], tokens: list[int], dtype: torch.dtype, device:
 
 
 def winners(result: GemmResult) -> list[tuple[GemmRow, str]]:
-    """Each timed row with a verdict: 'sparse wins', 'dense wins' or 'tie' (within 3%)."""
+    """Each timed row with a verdict: 'sparse wins', 'dense wins' or 'tie' (within 3%); for TensorRT rows whose
+    sparse build did not use a sparse tactic, 'sparse tactic not picked' (both engines ran dense kernels, so the
+    ratio is noise between two dense builds) or 'not eligible for sparse math'."""
     out = []
     for r in result.rows:
         if r.status != "ok" or r.speedup is None:
             continue
-        verdict = "sparse wins" if r.speedup > 1.03 else "dense wins" if r.speedup < 0.97 else "tie"
+        if r.engine == "tensorrt" and r.sparse_kind in (TRT_NOT_PICKED, TRT_NOT_ELIGIBLE):
+            verdict = "sparse tactic not picked" if r.sparse_kind == TRT_NOT_PICKED else "not eligible for sparse math"
+        else:
+            verdict = "sparse wins" if r.speedup > 1.03 else "dense wins" if r.speedup < 0.97 else "tie"
         out.append((r, verdict))
     return out

@@ -1,7 +1,10 @@
 """``torch-2of4``: the hf backend with every 2:4 linear's weight as a torch semi-structured sparse tensor.
 
-CUDA only (cuSPARSELt, or CUTLASS when cuSPARSELt is missing or ``--opt kernel=cutlass``). Before
-anything is timed, each converted linear's output is checked against the masked-dense weight on
+CUDA only. The kernel backend is chosen per run from the GPU and recorded (``info()["kernel"]`` and
+``["kernel_reason"]``): torch's CUTLASS 2:4 kernels are built for sm8x only (A100, A10, L4, L40S, RTX 30/40)
+and fail elsewhere with "Supported only on GPUs with compute capability 8.x"; on Hopper (sm90) and newer
+only cuSPARSELt runs, so there it is required. ``auto`` takes cuSPARSELt where torch has it (torch's own
+default), else CUTLASS on sm8x. Before anything is timed, each converted linear's output is checked against the masked-dense weight on
 random inputs; a mismatch beyond tolerance stops the run (CorrectnessError).
 
 Options (``--opt KEY=VALUE``): ``kernel=auto|cusparselt|cutlass``, ``rtol=`` (default 0.02, relative
@@ -37,8 +40,36 @@ def holds_2of4(w: torch.Tensor) -> bool:
     return bool((nz <= 2).all())
 
 
-def semi_structured_class(kernel: str):
-    """Pick and configure torch's semi-structured subclass; returns (class, name)."""
+KERNELS = ("auto", "cusparselt", "cutlass")
+
+
+def choose_kernel(requested: str, capability: tuple[int, int], has_cusparselt: bool) -> tuple[str, str]:
+    """(``"cusparselt"`` | ``"cutlass"``, why) for a GPU of ``capability``; DeviceError when none can run there."""
+    if requested not in KERNELS:
+        raise InputError(f"--opt kernel={requested} is not understood", fix="use kernel=auto, cusparselt or cutlass")
+    major, minor = capability
+    sm = f"sm{major}{minor}"
+    cutlass_ok = major == 8
+    if requested == "cutlass":
+        if not cutlass_ok:
+            raise DeviceError(f"torch's CUTLASS 2:4 kernels run on sm8x GPUs only; this GPU is {sm}",
+                              fix="use --opt kernel=cusparselt (or auto): on sm90 and newer only cuSPARSELt runs")
+        return "cutlass", f"requested (CUTLASS, {sm})"
+    if requested == "cusparselt" or (requested == "auto" and not cutlass_ok):
+        if not has_cusparselt:
+            why = "requested" if requested == "cusparselt" else f"{sm} runs torch 2:4 kernels only through cuSPARSELt"
+            raise DeviceError(f"cuSPARSELt is not available in this torch build ({why})",
+                              fix="install a CUDA torch build with cuSPARSELt (the official wheels have it)"
+                              + ("; or use --opt kernel=cutlass on sm8x" if cutlass_ok else ""))
+        return "cusparselt", ("requested" if requested == "cusparselt" else
+                              f"auto: {sm} runs torch 2:4 kernels only through cuSPARSELt (CUTLASS is sm8x only)")
+    if has_cusparselt:
+        return "cusparselt", f"auto: cuSPARSELt available ({sm}; torch's default)"
+    return "cutlass", f"auto: no cuSPARSELt in this torch build, CUTLASS on {sm}"
+
+
+def semi_structured_class(kernel: str, device: torch.device):
+    """Choose the kernel for ``device``, configure torch's semi-structured subclass; (class, name, why)."""
     from torch.sparse import SparseSemiStructuredTensor
     from torch.sparse.semi_structured import (
         SparseSemiStructuredTensorCUSPARSELT,
@@ -46,17 +77,12 @@ def semi_structured_class(kernel: str):
     )
 
     has_lt = bool(getattr(torch.backends, "cusparselt", None) and torch.backends.cusparselt.is_available())
-    if kernel == "auto":
-        kernel = "cusparselt" if has_lt else "cutlass"
-    if kernel == "cusparselt":
-        if not has_lt:
-            raise DeviceError("cuSPARSELt is not available in this torch build", fix="use --opt kernel=cutlass (or auto)")
-        SparseSemiStructuredTensor._FORCE_CUTLASS = False
-        return SparseSemiStructuredTensorCUSPARSELT, "cuSPARSELt"
-    if kernel == "cutlass":
-        SparseSemiStructuredTensor._FORCE_CUTLASS = True
-        return SparseSemiStructuredTensorCUTLASS, "CUTLASS"
-    raise InputError(f"--opt kernel={kernel} is not understood", fix="use kernel=auto, cusparselt or cutlass")
+    choice, why = choose_kernel(kernel, torch.cuda.get_device_capability(device), has_lt)
+    # to_sparse_semi_structured() reads this class flag to pick the subclass
+    SparseSemiStructuredTensor._FORCE_CUTLASS = choice == "cutlass"
+    if choice == "cusparselt":
+        return SparseSemiStructuredTensorCUSPARSELT, "cuSPARSELt", why
+    return SparseSemiStructuredTensorCUTLASS, "CUTLASS", why
 
 
 def shape_ok(cls, dtype: torch.dtype, out_f: int, in_f: int) -> bool:
@@ -91,6 +117,7 @@ class Torch2of4Backend(HFBackend):
             raise InputError(f"torch-2of4 runs float16 or bfloat16, not {spec.dtype}", fix="use --dtype float16 or bfloat16")
         super().__init__(spec)
         self._kind = ""
+        self._kind_reason = ""
         self._eligible = 0
         self._converted: list[str] = []
         self._kept_dense: dict[str, str] = {}
@@ -102,7 +129,7 @@ class Torch2of4Backend(HFBackend):
         if dtype not in SUPPORTED_DTYPES:
             raise InputError(f"the model loaded as {dtype}; torch-2of4 kernels need float16 or bfloat16",
                              fix="pass --dtype float16 (or bfloat16)")
-        cls, self._kind = semi_structured_class(self.spec.options.get("kernel", "auto"))
+        cls, self._kind, self._kind_reason = semi_structured_class(self.spec.options.get("kernel", "auto"), self.spec.device)
         from torch.sparse import to_sparse_semi_structured
 
         rtol = float(self.spec.options.get("rtol", "0.02"))
@@ -158,4 +185,7 @@ class Torch2of4Backend(HFBackend):
         )
 
     def info(self) -> dict[str, Any]:
-        return {"kernel": self._kind, "kept_dense": dict(self._kept_dense), "max_rel_err": self._max_rel_err}
+        cc = torch.cuda.get_device_capability(self.spec.device) if self.spec.device.type == "cuda" else None
+        return {"kernel": self._kind, "kernel_reason": self._kind_reason,
+                "compute_capability": f"{cc[0]}.{cc[1]}" if cc else None,
+                "kept_dense": dict(self._kept_dense), "max_rel_err": self._max_rel_err}
