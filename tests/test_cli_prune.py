@@ -136,8 +136,16 @@ def test_existing_out_refused_then_overwritten(tiny_dirs, calib_file, tmp_path):
     code, text = run(*prune_args(tiny_dirs("llama"), out, calib_file))
     assert code == 2 and "already exists" in text and "--overwrite" in text
     assert (out / "keep.txt").read_text() == "precious"
+    # --overwrite replaces only a folder this tool wrote (or an empty one): an unrelated folder is kept
     code, text = run(*prune_args(tiny_dirs("llama"), out, calib_file, "--overwrite"))
-    assert code == 0 and not (out / "keep.txt").exists() and (out / "sparsity.json").is_file()
+    assert code == 2 and "not written by sparse-trt" in text
+    assert (out / "keep.txt").read_text() == "precious"
+    (out / "keep.txt").unlink()
+    code, text = run(*prune_args(tiny_dirs("llama"), out, calib_file, "--overwrite"))  # empty: replaced
+    assert code == 0 and (out / "sparsity.json").is_file() and (out / ".sparse_trt").is_file()
+    first = (out / "model.safetensors").read_bytes()
+    code, text = run(*prune_args(tiny_dirs("llama"), out, calib_file, "--overwrite", "--method", "magnitude"))
+    assert code == 0 and (out / "model.safetensors").read_bytes() != first  # its own output: replaced
 
 
 def test_nan_weights_are_refused(tiny_dirs, calib_file, tmp_path):

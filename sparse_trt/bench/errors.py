@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sparse_trt.core.errors import InputError, SparseTrtError
+from sparse_trt.core.errors import BackendFailedError, InputError, WrongResultError
 
 
 class WorkloadError(InputError):
@@ -13,13 +13,9 @@ class ResultsError(InputError):
     """A results file is missing, empty, foreign, of another schema version, or malformed."""
 
 
-class BackendError(SparseTrtError):
-    """A backend failed while running (the points finished before the failure are kept)."""
-
-    exit_code = 8
+class BackendError(BackendFailedError):
+    """A backend failed while running (the points finished before the failure are kept; exit 11)."""
 
 
-class CorrectnessError(SparseTrtError):
-    """A sparse kernel's output differs from the masked-dense reference beyond tolerance."""
-
-    exit_code = 9
+class CorrectnessError(WrongResultError):
+    """A sparse kernel's output differs from the masked-dense reference beyond tolerance (exit 12)."""

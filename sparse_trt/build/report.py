@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from sparse_trt.core.atomic import atomic_write_text
-from sparse_trt.core.errors import SparseTrtError
+from sparse_trt.core.errors import ManifestError
 
 REPORT_NAME = "build_report.json"
 SCHEMA = "sparse_trt.build_report"
@@ -32,10 +32,8 @@ SPARSE_THRESHOLD = 0.5
 VERDICTS = ("sparse", "partly sparse", "dense", "unknown")
 
 
-class BuildReportError(SparseTrtError):
-    """A build_report.json is missing fields, has unknown ones, or another schema version."""
-
-    exit_code = 3
+class BuildReportError(ManifestError):
+    """A build_report.json is missing fields, has unknown ones, or another schema version (exit 3)."""
 
 
 @dataclass(frozen=True)

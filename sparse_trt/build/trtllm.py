@@ -35,7 +35,7 @@ import torch
 
 import sparse_trt
 from sparse_trt.core.atomic import atomic_output_dir, check_output_dir
-from sparse_trt.core.errors import InputError, MissingDependencyError, SparseTrtError
+from sparse_trt.core.errors import BuildFailedError, InputError, MissingDependencyError
 from sparse_trt.core.patterns import NM, nm_violations
 from sparse_trt.export.trtllm.reader import Checkpoint, load_checkpoint
 
@@ -70,10 +70,8 @@ _INSTALL_HINT = (
 )
 
 
-class BuildError(SparseTrtError):
-    """trtllm-build failed or produced no engines."""
-
-    exit_code = 8
+class BuildError(BuildFailedError):
+    """trtllm-build failed or produced no engines (exit 10)."""
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,8 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from sparse_trt.core.errors import InputError, OutputExistsError
+from sparse_trt.core.atomic import check_output_file
+from sparse_trt.core.errors import InputError
 
 from .common import console, handle_errors, out, parse_kv, progress_bar, setup_logging
 
@@ -65,10 +66,7 @@ def _load(requests: int | None, duration: float | None, warmup: int | None, rate
 
 
 def _check_out(path: Path, overwrite: bool) -> None:
-    if path.exists() and path.is_dir():
-        raise OutputExistsError(f"results path '{path}' is a folder", fix="give a file name such as results.json")
-    if path.exists() and not overwrite:
-        raise OutputExistsError(f"results file '{path}' already exists", fix="choose another path or pass --overwrite")
+    check_output_file(path, overwrite, "results file")  # --overwrite replaces only a results file of ours
 
 
 def _kernel_warning(run: RunResult, sparse_side: bool) -> None:

@@ -11,6 +11,22 @@ from rich.table import Table
 from .common import console, handle_errors, out, progress_bar, setup_logging
 
 
+def check_eval_outputs(model: str, max_windows: int | None, json_path: Path | None, record: bool) -> None:
+    """Refuse what would fail only after the perplexity was computed (bad --json path, corrupt manifest)."""
+    from sparse_trt.core.atomic import check_output_location
+    from sparse_trt.core.errors import InputError
+    from sparse_trt.core.manifest import MANIFEST_NAME, Manifest
+
+    if max_windows is not None and max_windows < 1:
+        raise InputError(f"--max-windows {max_windows} must be at least 1", fix="leave it out to use every window")
+    if json_path is not None:
+        if json_path.is_dir():
+            raise InputError(f"--json '{json_path}' is a folder", fix="give a file name, e.g. --json ppl.json")
+        check_output_location(json_path, "--json file")
+    if record and (Path(model) / MANIFEST_NAME).is_file():
+        Manifest.load(Path(model))  # a corrupt sparsity.json is an error now, not after the evaluation
+
+
 def register(app: typer.Typer) -> None:
     @app.command("eval")
     @handle_errors
@@ -24,6 +40,11 @@ def register(app: typer.Typer) -> None:
         json_path: Path | None = typer.Option(None, "--json", help="Also write the result as JSON here."),
         record: bool = typer.Option(True, "--record/--no-record", help="Store the result in the folder's sparsity.json (if any)."),
         trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow models that ship custom code."),
+        simulate_quant: bool = typer.Option(
+            True, "--simulate-quant/--no-simulate-quant",
+            help="For a folder with quantization.json (from `sparse-trt quantize`): quantize-dequantize weights, "
+            "activations and KV cache with its scales, as the FP8 / INT8 engine computes (CPU is enough).",
+        ),
         verbose: bool = typer.Option(False, "--verbose", "-v", help="Show library logs."),
     ) -> None:
         """Perplexity over non-overlapping held-out windows, with BOS handled per model family.
@@ -38,11 +59,13 @@ def register(app: typer.Typer) -> None:
         from .options import resolve_device, resolve_dtype
 
         setup_logging(verbose)
+        check_eval_outputs(model, max_windows, json_path, record)
         src = parse_source(data)
         with progress_bar("perplexity windows") as (prog, task):
             res = run_eval(
                 model, src, seqlen, max_windows, resolve_device(device), resolve_dtype(dtype), record,
                 progress=lambda i, n: prog.update(task, completed=i, total=n), trust_remote_code=trust_remote_code,
+                simulate_quant=simulate_quant,
             )
         reference = recorded_quality(Path(model)) if Path(model).is_dir() else None
         spec = f"{res.data}, {res.windows} windows x {res.seqlen} tokens{', BOS' if res.bos else ''}"
@@ -67,6 +90,7 @@ def register(app: typer.Typer) -> None:
         if record and (Path(model) / MANIFEST_NAME).is_file():
             console.print(f"recorded in {Path(model) / MANIFEST_NAME} (quality.perplexity)")
         if json_path is not None:
-            json_path.parent.mkdir(parents=True, exist_ok=True)
-            json_path.write_text(json.dumps(res.to_dict(), indent=2) + "\n")
+            from sparse_trt.core.atomic import atomic_write_text
+
+            atomic_write_text(json_path, json.dumps(res.to_dict(), indent=2) + "\n")
             console.print(f"wrote {json_path}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import typer
@@ -11,7 +12,7 @@ from sparse_trt.core.patterns import parse_pattern
 from sparse_trt.data.text import parse_source
 from sparse_trt.prune.methods import method_names
 
-from .common import console, handle_errors, out, parse_kv, progress_bar, setup_logging
+from .common import console, handle_errors, out, progress_bar, setup_logging
 from .options import resolve_device, resolve_dtype
 
 
@@ -19,9 +20,12 @@ def parse_budget(text: str) -> float:
     """``"+5%"``, ``"5%"`` or ``"5"`` -> 5.0 (percent of the dense perplexity)."""
     s = text.strip().rstrip("%").strip()
     try:
-        return float(s)
+        value = float(s)
     except ValueError:
         raise InputError(f"--budget-ppl {text!r} is not a percentage", fix="e.g. --budget-ppl +5%") from None
+    if not math.isfinite(value):
+        raise InputError(f"--budget-ppl {text!r} is not a finite percentage", fix="e.g. --budget-ppl +5%")
+    return value
 
 
 def register(app: typer.Typer) -> None:
@@ -50,13 +54,15 @@ def register(app: typer.Typer) -> None:
         """Measure per-linear damage and write a plan that meets a perplexity budget with the most speed kept."""
         from sparse_trt.prune.plan import PlanRequest, make_plan
 
+        from .prune import method_options
+
         setup_logging(verbose)
         req = PlanRequest(
             model=model, out=out_path, method=method, pattern=parse_pattern(pattern),
             fallback=None if fallback.strip().lower() == "dense" else parse_pattern(fallback),
             budget_ppl=None if budget_ppl is None else parse_budget(budget_ppl), keep_dense=keep_dense, gemm=gemm,
             calib=parse_source(calib), nsamples=nsamples, seqlen=seqlen, eval_windows=eval_windows, seed=seed,
-            device=resolve_device(device), dtype=resolve_dtype(dtype), options=parse_kv(opt, "--opt"), overwrite=overwrite,
+            device=resolve_device(device), dtype=resolve_dtype(dtype), options=method_options(opt), overwrite=overwrite,
         )
         with progress_bar("planning") as (prog, task):
             plan = make_plan(req, on_stage=lambda s: prog.update(task, description=s))

@@ -35,6 +35,23 @@ def summary_table(outcome: PruneOutcome) -> Table:
     return t
 
 
+def method_options(opt: list[str]) -> dict[str, str]:
+    """--opt KEY=VALUE pairs; a non-finite number (inf, nan) is bad input, not a numerical failure later."""
+    import math
+
+    from sparse_trt.core.errors import InputError
+
+    parsed = parse_kv(opt, "--opt")
+    for k, v in parsed.items():
+        try:
+            bad = not math.isfinite(float(v))
+        except ValueError:
+            continue
+        if bad:
+            raise InputError(f"--opt {k}={v} is not a finite number", fix=f"give {k} a finite value, e.g. --opt damp=0.01")
+    return parsed
+
+
 def prune_with_progress(req: PruneRequest) -> PruneOutcome:
     with progress_bar("pruning layers") as (prog, task):
 
@@ -107,7 +124,7 @@ def register(app: typer.Typer) -> None:
             device=resolve_device(device),
             dtype=resolve_dtype(dtype),
             exclude=tuple(exclude),
-            options=parse_kv(opt, "--opt"),
+            options=method_options(opt),
             layer_patterns=layer_patterns,
             plan_source=plan_source,
             resume=resume,

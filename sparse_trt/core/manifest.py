@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ManifestError
+from .errors import ManifestError, PatternError
 from .jsonio import read_json_object
 from .patterns import Pattern, parse_pattern
 
@@ -123,7 +123,12 @@ class Manifest:
                 rec["curve"] = tuple(rec.get("curve", ()))
                 kw["recovery"] = RecoveryRecord(**rec)
             m = cls(**kw)
-            parse_pattern(m.pattern)
+            for text in (m.pattern, *(r.pattern for r in m.layers if r.pattern is not None)):
+                try:
+                    parse_pattern(text)
+                except PatternError as e:
+                    raise ManifestError(f"{source}: pattern {text!r} is invalid ({e.message})",
+                                        fix="re-run `sparse-trt prune` to regenerate it") from None
             return m
         except ManifestError:
             raise

@@ -12,18 +12,19 @@ from pathlib import Path
 import torch
 
 import sparse_trt
-from sparse_trt.core.atomic import atomic_output_dir, check_output_dir
+from sparse_trt.core.atomic import atomic_output_dir, check_output_dir, clear_stale_temps
 from sparse_trt.core.device import available_memory_bytes, dtype_name
 from sparse_trt.core.errors import InputError, InterruptedRun
+from sparse_trt.core.lock import output_lock
 from sparse_trt.core.manifest import CalibrationSpec, Manifest
-from sparse_trt.core.patterns import Pattern
+from sparse_trt.core.patterns import Pattern, Unstructured
 from sparse_trt.data.text import TextSource
 from sparse_trt.data.windows import calibration_windows, tokenizer_adds_bos
-from sparse_trt.models.adapters import all_targets
+from sparse_trt.models.adapters import Target, all_targets
 from sparse_trt.models.loading import LoadedModel, load_model
 
 from .methods import get_method, parse_options
-from .resume import DirCheckpointer
+from .resume import DirCheckpointer, content_fingerprint, model_fingerprint, partial_dir
 from .sequential import ProgressFn, WalkConfig, auto_chunk_samples, prune_model, resolve_patterns
 
 log = logging.getLogger(__name__)
@@ -78,14 +79,72 @@ def _plan_model(plan_source: str | None) -> str:
         return ""
 
 
+def check_excludes(exclude: tuple[str, ...], targets: list[Target], prefix: str) -> None:
+    """Every --exclude glob must match some target linear; a typo is an error that lists near names."""
+    import difflib
+    import fnmatch
+    import re
+
+    names = [t.name for t in targets]
+    short = sorted({re.sub(rf"^{re.escape(prefix)}\.\d+\.", "", n) for n in names})
+    for pat in exclude:
+        if not any(fnmatch.fnmatchcase(n, pat) for n in names) and not any(fnmatch.fnmatchcase(n, pat) for n in short):
+            near = difflib.get_close_matches(pat.strip("*."), short, n=4, cutoff=0.3) or short[:6]
+            raise InputError(f"--exclude '{pat}' matches no prunable linear of this model",
+                             fix=f"linears are named like {', '.join(near)} (full: {names[0]}); e.g. --exclude '*.{near[0]}'")
+
+
+def check_fractions(targets: list[Target], patterns: Mapping[str, Pattern | None], default: Pattern | None) -> None:
+    """An unstructured fraction must zero at least one weight per row, or it silently prunes nothing."""
+    for t in targets:
+        p = patterns.get(t.name, default)
+        if isinstance(p, Unstructured) and int(t.in_features * p.sparsity) < 1:
+            raise InputError(
+                f"--pattern {p} zeroes no weight in a row of '{t.name}' ({t.in_features} inputs): it would prune nothing",
+                fix=f"use a fraction of at least 1/{t.in_features} (e.g. --pattern 0.5)",
+            )
+
+
 def run_prune(req: PruneRequest, progress: ProgressFn | None = None, on_stage=None) -> PruneOutcome:
-    """Run the whole prune job. ``on_stage(str)`` is told about each stage (for the CLI's status line)."""
+    """Run the whole prune job. ``on_stage(str)`` is told about each stage (for the CLI's status line).
+
+    OUT is locked for the whole run (a second run on it fails naming this one's PID). A failure that is
+    not an interruption removes the resume folder this run made; an interruption (Ctrl-C, SIGTERM)
+    keeps it for --resume.
+    """
+    check_output_dir(req.out, req.overwrite, inputs=(req.model,))
+    partial = partial_dir(req.out)
+    with output_lock(req.out, "output folder"):
+        clear_stale_temps(req.out, remove=req.overwrite or req.resume)
+        # progress an earlier run left is deleted on our failure only when --overwrite discards it anyway
+        kept = partial.is_dir() and (req.resume or not req.overwrite)
+        try:
+            return _run_prune(req, progress, on_stage)
+        except InterruptedRun:
+            raise
+        except KeyboardInterrupt:
+            if partial.is_dir():
+                raise InterruptedRun(f"interrupted; progress kept in '{partial}'",
+                                     fix="re-run the same command with --resume to continue") from None
+            raise
+        except BaseException:
+            if not kept and partial.is_dir():
+                import shutil
+
+                shutil.rmtree(partial, ignore_errors=True)
+            raise
+
+
+def _run_prune(req: PruneRequest, progress: ProgressFn | None = None, on_stage=None) -> PruneOutcome:
     stage = on_stage or (lambda _s: None)
     if req.pattern is None:
         raise InputError("no sparsity pattern given", fix="pass --pattern 2:4 (or N:M, or a fraction)")
-    check_output_dir(req.out, req.overwrite)
+    check_output_dir(req.out, req.overwrite, inputs=(req.model,))
     if req.nsamples < 1:
         raise InputError(f"--nsamples {req.nsamples} must be at least 1", fix="e.g. --nsamples 128")
+    if req.chunk_samples is not None and req.chunk_samples < 1:
+        raise InputError(f"--chunk-samples {req.chunk_samples} must be at least 1",
+                         fix="leave it out (as many as fit in memory), or give a positive count")
     method = get_method(req.method)
     options = parse_options(method, req.options)
     t_start = time.perf_counter()
@@ -99,9 +158,11 @@ def run_prune(req: PruneRequest, progress: ProgressFn | None = None, on_stage=No
             f"--seqlen {req.seqlen} exceeds the model's context of {limit} tokens", fix=f"use --seqlen {limit} or less"
         )
 
+    check_excludes(req.exclude, all_targets(model, adapter), adapter.layers_path)
     targets = all_targets(model, adapter, req.exclude)
     if not targets:
         raise InputError("every prunable linear is excluded", fix="loosen --exclude")
+    check_fractions(targets, req.layer_patterns, req.pattern)
     names = {t.name for t in targets}
     unknown = sorted(set(req.layer_patterns) - {t.name for t in all_targets(model, adapter)})
     if unknown:
@@ -150,6 +211,9 @@ def run_prune(req: PruneRequest, progress: ProgressFn | None = None, on_stage=No
         "layer_patterns": {k: (None if v is None else str(v)) for k, v in sorted(req.layer_patterns.items())},
         "chunk_samples": chunk,
         "device_type": req.device.type,
+        # content, not just paths: replacing the weights or the calibration file at the same path is noticed
+        "model_files": model_fingerprint(loaded.source, model.config),
+        "calib_files": content_fingerprint(req.calib.path),
     }
     ck = DirCheckpointer.open(req.out, fingerprint, req.resume, req.overwrite)
     resumed = ck.done

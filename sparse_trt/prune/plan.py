@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 import sparse_trt
-from sparse_trt.core.atomic import atomic_write_text
+from sparse_trt.core.atomic import atomic_write_text, check_output_file
 from sparse_trt.core.errors import InputError
 from sparse_trt.core.patterns import NM, Pattern, check_divisible, parse_pattern
 from sparse_trt.data.text import TextSource
@@ -214,8 +214,7 @@ def make_plan(req: PlanRequest, on_stage: Callable[[str], None] | None = None) -
     if req.budget_ppl is not None and req.budget_ppl < 0:
         raise InputError(f"--budget-ppl {req.budget_ppl:+g}% is negative: pruning never lowers perplexity here",
                          fix="give an allowed increase, e.g. --budget-ppl +5%")
-    if Path(req.out).exists() and not req.overwrite:
-        raise InputError(f"plan file '{req.out}' exists", fix="pass --overwrite or another -o")
+    check_output_file(req.out, req.overwrite, "plan file", inputs=(req.model,))
     method = get_method(req.method)
     options = parse_options(method, req.options)
     speedups = gemm_speedups(req.gemm) if req.gemm is not None else None

@@ -1,7 +1,9 @@
-"""Check every pruned matrix of a checkpoint against the pattern its manifest claims.
+"""Check a pruned checkpoint against its manifest: coverage, then every pruned matrix's pattern.
 
-Reads the safetensors files directly (no model instantiation), so it is fast and works on any
-checkpoint written by ``sparse-trt prune``.
+Coverage: every target linear of the model (found by its adapter on a weightless skeleton built from
+config.json) must be in the manifest, pruned to its pattern or dense on purpose (plan), or listed as
+excluded; a manifest that leaves linears out proves nothing about them. The weights are read from
+the safetensors files directly (no weights are loaded into a model), so it is fast at any size.
 """
 
 from __future__ import annotations
@@ -10,9 +12,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
-from sparse_trt.core.errors import ManifestError
+from sparse_trt.core.errors import InputError, ManifestError, ModelLoadError, VerificationError
 from sparse_trt.core.jsonio import read_json_object
 from sparse_trt.core.manifest import Manifest
 from sparse_trt.core.patterns import NM, Unstructured, nm_violations, parse_pattern
@@ -28,16 +30,28 @@ class LayerCheck:
     problem: str = ""
 
 
+UNCOVERED = "not in the manifest: neither pruned, dense by plan, nor excluded"
+UNKNOWN = "not a target linear of this model (the manifest belongs to another model?)"
+
+
 @dataclass(frozen=True)
 class VerifyReport:
     directory: str
     method: str
     pattern: str
     layers: tuple[LayerCheck, ...]
+    uncovered: tuple[str, ...] = ()  # target linears of the model the manifest does not account for
+    unknown: tuple[str, ...] = ()  # manifest entries that are not target linears of the model
+    pruned: int = 0  # linears the manifest says carry a pattern
+    excluded: int = 0
+
+    @property
+    def covered(self) -> bool:
+        return not self.uncovered and not self.unknown and self.pruned > 0
 
     @property
     def ok(self) -> bool:
-        return all(c.ok for c in self.layers)
+        return self.covered and all(c.ok for c in self.layers)
 
     @property
     def failures(self) -> list[LayerCheck]:
@@ -46,7 +60,28 @@ class VerifyReport:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["ok"] = self.ok
+        d["covered"] = self.covered
         return d
+
+    def raise_for_failures(self) -> None:
+        """ManifestError (exit 3) when the manifest does not cover the model; VerificationError (exit 4)
+        when a weight breaks its pattern."""
+        fix = f"re-run `sparse-trt prune` to write '{self.directory}' again"
+        if self.uncovered or self.unknown:
+            parts = []
+            if self.uncovered:
+                parts.append(f"{len(self.uncovered)} target linear(s) are missing from it (e.g. {self.uncovered[0]})")
+            if self.unknown:
+                parts.append(f"{len(self.unknown)} of its entries are not linears of this model (e.g. {self.unknown[0]})")
+            raise ManifestError(f"the manifest of '{self.directory}' does not cover the model: {'; '.join(parts)}", fix=fix)
+        if self.pruned == 0:
+            raise ManifestError(f"the manifest of '{self.directory}' claims {self.pattern} but no linear in it "
+                                "carries a pattern: nothing was pruned or verified", fix=fix)
+        bad = self.failures
+        if bad:
+            raise VerificationError(
+                f"{len(bad)} of {len(self.layers)} linears in '{self.directory}' violate their pattern "
+                f"(first: {bad[0].name}: {bad[0].problem})", fix=fix)
 
 
 def weight_files(directory: Path) -> dict[str, Path]:
@@ -61,8 +96,29 @@ def weight_files(directory: Path) -> dict[str, Path]:
     single = directory / "model.safetensors"
     if not single.is_file():
         raise ManifestError(f"no safetensors weights in '{directory}'", fix="re-run `sparse-trt prune`")
-    with safe_open(str(single), "pt") as f:
-        return {k: single for k in f.keys()}
+    try:
+        with safe_open(str(single), "pt") as f:
+            return {k: single for k in f.keys()}
+    except (SafetensorError, OSError) as e:
+        raise ManifestError(f"weights '{single}' are unreadable ({e})", fix="re-run `sparse-trt prune`") from None
+
+
+def model_targets(directory: Path, trust_remote_code: bool = False) -> dict[str, int]:
+    """Target linear name -> input dim, from the model's adapter on a weightless (meta) skeleton."""
+    from transformers import AutoModelForCausalLM
+
+    from sparse_trt.models.adapters import adapter_for, all_targets
+    from sparse_trt.models.loading import load_config, resolve_source
+
+    config = load_config(resolve_source(str(directory)), trust_remote_code)
+    adapter = adapter_for(getattr(config, "model_type", "?"))
+    try:
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    except Exception as e:  # noqa: BLE001 - transformers raises many kinds
+        raise ModelLoadError(f"could not build the model of '{directory}' from its config.json: {e}",
+                             fix="check config.json") from None
+    return {t.name: t.in_dim for t in all_targets(model, adapter)}
 
 
 def check_weight(name: str, w: torch.Tensor, pattern_text: str | None, in_dim: int) -> LayerCheck:
@@ -82,16 +138,36 @@ def check_weight(name: str, w: torch.Tensor, pattern_text: str | None, in_dim: i
     return LayerCheck(name, pattern_text, sparsity, bad, bad == 0, f"{bad} rows have fewer than {need} zeros" if bad else "")
 
 
-def verify_dir(directory: Path) -> VerifyReport:
+def verify_dir(directory: Path, trust_remote_code: bool = False) -> VerifyReport:
     directory = Path(directory)
+    if not directory.exists():
+        raise InputError(f"'{directory}' does not exist", fix="pass the output folder of `sparse-trt prune`")
     if not directory.is_dir():
-        raise ManifestError(f"'{directory}' is not a directory", fix="pass the output folder of `sparse-trt prune`")
+        raise InputError(f"'{directory}' is not a folder", fix="pass the output folder of `sparse-trt prune`")
     manifest = Manifest.load(directory)
+    targets = model_targets(directory, trust_remote_code)
     files = weight_files(directory)
     checks: list[LayerCheck] = []
     handles: dict[Path, object] = {}
+    listed = {r.name for r in manifest.layers} | set(manifest.excluded)
+    uncovered = tuple(n for n in targets if n not in listed)
+    unknown = tuple(sorted(listed - set(targets)))
     try:
+        for name in uncovered:
+            f = files.get(f"{name}.weight")
+            if f is not None and f not in handles:
+                handles[f] = safe_open(str(f), "pt")
+            sp = 0.0 if f is None else float((handles[f].get_tensor(f"{name}.weight") == 0).float().mean())  # type: ignore[attr-defined]
+            checks.append(LayerCheck(name, None, sp, 0, False, UNCOVERED))
+        for name in unknown:
+            checks.append(LayerCheck(name, None, 0.0, 0, False, UNKNOWN))
         for rec in manifest.layers:
+            if rec.name not in targets:
+                continue  # reported above as unknown
+            if rec.in_dim != targets[rec.name]:
+                checks.append(LayerCheck(rec.name, rec.pattern, 0.0, 0, False,
+                                         f"manifest in_dim {rec.in_dim}, but the model's input dim is {targets[rec.name]}"))
+                continue
             key = f"{rec.name}.weight"
             if key not in files:
                 checks.append(LayerCheck(rec.name, rec.pattern, 0.0, 0, False, "weight missing from the checkpoint"))
@@ -104,6 +180,7 @@ def verify_dir(directory: Path) -> VerifyReport:
                 checks.append(LayerCheck(rec.name, rec.pattern, 0.0, 0, False, f"shape {tuple(w.shape)} != manifest {tuple(rec.shape)}"))
                 continue
             checks.append(check_weight(rec.name, w, rec.pattern, rec.in_dim))
-    except (OSError, RuntimeError) as e:
+    except (OSError, RuntimeError, SafetensorError) as e:
         raise ManifestError(f"weights in '{directory}' are unreadable ({e})", fix="re-run `sparse-trt prune`") from None
-    return VerifyReport(str(directory), manifest.method, manifest.pattern, tuple(checks))
+    return VerifyReport(str(directory), manifest.method, manifest.pattern, tuple(checks), uncovered, unknown,
+                        pruned=sum(r.pattern is not None for r in manifest.layers), excluded=len(manifest.excluded))

@@ -211,6 +211,9 @@ def export_trtllm(
     hf = _read_config(model_dir)
     family: Family = family_for(hf, str(model_dir))
     manifest, patterns, in_dims = load_patterns(model_dir, allow_dense)
+    if manifest is not None and isinstance(manifest.parsed_pattern, NM) and not any(isinstance(p, NM) for p in patterns.values()):
+        raise ManifestError(f"'{model_dir}/{MANIFEST_NAME}' claims {manifest.pattern} but lists no N:M linear: "
+                            "no weight could be verified", fix=f"check it with `sparse-trt verify {model_dir}`; re-run `sparse-trt prune`")
     weights = HFWeights(model_dir)
     check_sources(weights, patterns, in_dims)
     dtype_name = str(dtype).removeprefix("torch.")
@@ -230,6 +233,10 @@ def export_trtllm(
             if qexp is not None:
                 tensors = qexp.finish_rank(tensors, mapping, rank, dtype)
             result.checked_weights += check_shard(rank, tensors if qexp is None else float_view(tensors), prov, patterns)
+            if rank == mapping.world_size - 1 and manifest is not None and isinstance(manifest.parsed_pattern, NM) \
+                    and result.checked_weights == 0:
+                raise ManifestError(f"no weight of '{model_dir}' was verified as {manifest.pattern} in the export",
+                                    fix=f"check it with `sparse-trt verify {model_dir}`; re-run `sparse-trt prune`")
             fname = f"rank{rank}.safetensors"
             save_file(tensors, str(tmp / fname), metadata={"format": "pt", "producer": "sparse_trt"})
             result.ranks.append(RankFile(rank, fname, len(tensors), (tmp / fname).stat().st_size,

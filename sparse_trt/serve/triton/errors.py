@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sparse_trt.core.errors import InputError, MissingDependencyError, SparseTrtError
+from sparse_trt.core.errors import InputError, MissingDependencyError, RequestFailedError, ServerFailedError
 
 
 class TritonRepoError(InputError):
@@ -21,10 +21,8 @@ class TritonNotFoundError(MissingDependencyError):
     """No tritonserver binary could be found."""
 
 
-class TritonServerError(SparseTrtError):
-    """tritonserver failed to start, died, or could not be reached."""
-
-    exit_code = 8
+class TritonServerError(ServerFailedError):
+    """tritonserver failed to start, died, or could not be reached (exit 8)."""
 
 
 class PortInUseError(TritonServerError):
@@ -35,7 +33,5 @@ class ModelLoadFailed(TritonServerError):
     """tritonserver started but a model in the repository failed to load."""
 
 
-class TritonClientError(SparseTrtError):
-    """A request to a running Triton server failed."""
-
-    exit_code = 9
+class TritonClientError(RequestFailedError):
+    """A request to a running Triton server failed (exit 9)."""
