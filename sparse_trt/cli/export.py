@@ -18,7 +18,7 @@ export_app = typer.Typer(help="Export pruned models to deployment formats.", no_
 def export_trtllm_cmd(
     model_dir: Path = typer.Argument(..., help="Output folder of `sparse-trt prune` (HF checkpoint + sparsity.json)."),
     out_dir: Path = typer.Option(..., "-o", "--out", help="Checkpoint folder to write (config.json + rank{r}.safetensors), atomically."),
-    dtype: str = typer.Option("float16", "--dtype", help="Weight dtype: float16, bfloat16 or float32."),
+    dtype: str = typer.Option("float16", "--dtype", help="Weight dtype: float16, bfloat16 or float32 (float32 gets no sparse kernels: Sparse Tensor Cores do not run FP32)."),
     tp: int = typer.Option(1, "--tp", help="Tensor-parallel size (GPUs per pipeline stage)."),
     pp: int = typer.Option(1, "--pp", help="Pipeline-parallel size (stages)."),
     allow_dense: bool = typer.Option(False, "--allow-dense", help="Export a folder without sparsity.json (the dense baseline)."),
@@ -30,7 +30,12 @@ def export_trtllm_cmd(
     from sparse_trt.export.trtllm import export_trtllm, parse_export_dtype
 
     setup_logging(verbose)
-    res = export_trtllm(model_dir, out_dir, dtype=parse_export_dtype(dtype), tp=tp, pp=pp, overwrite=overwrite,
+    export_dtype = parse_export_dtype(dtype)
+    if str(export_dtype) == "torch.float32":
+        console.print("[yellow]warning:[/] float32 weights: Sparse Tensor Cores do not run FP32, so an engine built from "
+                      "this checkpoint gets no sparse kernels; export with --dtype float16 or bfloat16 for 2:4 speedups.",
+                      highlight=False)
+    res = export_trtllm(model_dir, out_dir, dtype=export_dtype, tp=tp, pp=pp, overwrite=overwrite,
                         allow_dense=allow_dense)
     if as_json:
         out.print_json(json.dumps({
