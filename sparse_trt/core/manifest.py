@@ -79,6 +79,9 @@ class Manifest:
     dtype: str = "float32"
     created: str = ""
     quality: dict[str, Any] = field(default_factory=dict)
+    # Where the walker's activations lived ("device" | "host" | "disk"), their bytes, and whether the
+    # decoder layers were streamed from the checkpoint's shards (prune/activations.py, prune/streamout.py).
+    memory: dict[str, Any] = field(default_factory=dict)
     recovery: RecoveryRecord | None = None
     schema_version: int = SCHEMA_VERSION
 

@@ -22,6 +22,8 @@ class Adapter:
     layers_path: str  # dotted attribute path of the decoder layers' ModuleList
     needs_bos: bool = False  # evaluation/calibration windows must start with BOS (e.g. Gemma)
     context_attr: tuple[str, ...] = ("max_position_embeddings",)
+    # (name prefix in the model, name prefix in its checkpoints) where the two differ
+    stored_prefixes: tuple[tuple[str, str], ...] = ()
 
     def layers(self, model: nn.Module) -> nn.ModuleList:
         obj: object = model
@@ -29,6 +31,13 @@ class Adapter:
             obj = getattr(obj, part)
         assert isinstance(obj, nn.ModuleList)
         return obj
+
+    def stored_name(self, name: str) -> str:
+        """The name a parameter has in this family's checkpoints (as ``save_pretrained`` writes it)."""
+        for model_prefix, stored_prefix in self.stored_prefixes:
+            if name.startswith(model_prefix):
+                return stored_prefix + name[len(model_prefix) :]
+        return name
 
     def max_context(self, config: object) -> int | None:
         for attr in self.context_attr:
@@ -43,7 +52,7 @@ ADAPTERS: tuple[Adapter, ...] = (
     Adapter("gemma3", ("gemma3_text", "gemma2", "gemma"), "model.layers", needs_bos=True),
     Adapter("opt", ("opt",), "model.decoder.layers"),
     Adapter("gpt2", ("gpt2",), "transformer.h", context_attr=("n_positions", "max_position_embeddings")),
-    Adapter("gpt_neox", ("gpt_neox",), "gpt_neox.layers"),
+    Adapter("gpt_neox", ("gpt_neox",), "gpt_neox.layers", stored_prefixes=(("lm_head.", "embed_out."),)),
     Adapter("phi3", ("phi3",), "model.layers"),
 )
 

