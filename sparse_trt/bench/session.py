@@ -13,7 +13,7 @@ import torch
 
 from sparse_trt.core.errors import InputError
 
-from .backends.base import Backend, BackendSpec, create_backend
+from .backends.base import Backend, BackendSpec, GenerationRequest, create_backend
 from .environment import capture
 from .loadgen import LoadSpec
 from .results import Comparison, Environment, ResultsFile, RunResult
@@ -81,14 +81,28 @@ def check_same_model(dense: Backend, sparse: Backend, labels: tuple[str, str], a
     return [f"different models compared on request (--allow-different-models): {what}"]
 
 
-def run_to_file(side: Side, points: list[Workload], load: LoadSpec, out_path: Path, env: Environment, *,
+def text_requests(texts: list[str]) -> RequestFactory:
+    """Requests carrying text prompts (backends that take text: ``triton`` with interface=text), cycled."""
+    if not texts:
+        raise InputError("no prompts to send", fix="give at least one prompt")
+
+    def make(w: Workload, index: int) -> GenerationRequest:
+        t = texts[abs(index) % len(texts)]
+        return GenerationRequest([[] for _ in range(w.batch_size)], w.output_len, texts=[t] * w.batch_size)
+
+    return make
+
+
+def run_to_file(side: Side, points: list[Workload], load: LoadSpec, out_path: Path | None, env: Environment, *,
                 seed: int = 0, client_memory: bool = False, requests: RequestFactory | None = None,
                 progress: Progress | None = None) -> RunResult:
+    """``bench run``: measure one side; results rewritten to ``out_path`` (if given) after every point."""
     b = _open(side, points)
     _load(b)
     try:
         def write(run: RunResult) -> None:
-            ResultsFile("run", env, runs=[run]).save(out_path)
+            if out_path is not None:
+                ResultsFile("run", env, runs=[run]).save(out_path)
 
         return run_benchmark(b, points, load, label=side.label, seed=seed, client_memory=client_memory,
                              requests=requests, on_update=write, progress=progress)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import signal
 from pathlib import Path
 
@@ -196,16 +195,25 @@ def register(app: typer.Typer) -> None:
     @handle_errors
     def load_cmd(
         url: str = typer.Option("127.0.0.1:8001", "--url", help="gRPC host:port."),
-        model: str = typer.Option("ensemble", "--model"),
+        model: str = typer.Option("ensemble", "--model", help="Model to call (the text entry model of the repository)."),
         prompts_file: Path | None = typer.Option(None, "--prompts", help="Text file, one prompt per line (default: built-in)."),
-        requests: int = typer.Option(32, "--requests", help="Requests per concurrency level."),
-        concurrency: str = typer.Option("1,4", "--concurrency", help="Comma-separated concurrency levels."),
-        max_tokens: int = typer.Option(64, "--max-tokens"),
+        requests: int = typer.Option(32, "--requests", help="Measured requests per concurrency level."),
+        concurrency: str = typer.Option("1,4", "--concurrency", help="Comma-separated concurrency levels (closed-loop workers)."),
+        max_tokens: int = typer.Option(64, "--max-tokens", help="Tokens to generate per request."),
         ignore_eos: bool = typer.Option(True, "--ignore-eos/--stop-at-eos", help="Generate exactly --max-tokens tokens."),
-        json_path: Path | None = typer.Option(None, "--json", help="Write the results here."),
+        warmup: int | None = typer.Option(None, "--warmup", help="Unmeasured warm-up requests per level (default: one per worker)."),
+        json_path: Path | None = typer.Option(None, "--json", help="Write the results here (the `bench run` results JSON)."),
     ) -> None:
-        """Closed-loop streaming load test: TTFT, inter-token latency, throughput per concurrency level."""
-        from sparse_trt.serve.triton import client as C
+        """Closed-loop streaming load test: `sparse-trt bench run --backend triton` with text prompts."""
+        from sparse_trt.bench.backends.base import BackendSpec
+        from sparse_trt.bench.environment import capture
+        from sparse_trt.bench.loadgen import LoadSpec
+        from sparse_trt.bench.session import Side, run_to_file, text_requests
+        from sparse_trt.bench.workload import grid
+
+        from .bench import run_table
+        from .common import progress_bar
+        from .options import resolve_device
 
         if prompts_file is not None:
             try:
@@ -217,24 +225,17 @@ def register(app: typer.Typer) -> None:
         else:
             base = ["Explain why sparse matrices can speed up inference.", "Write a short story about a river.",
                     "List three facts about the planet Mars.", "What is the capital of France and why?"]
-        prompts = [base[i % len(base)] for i in range(requests)]
-        params = C.SamplingParams(max_tokens=max_tokens, ignore_eos=ignore_eos)
-        t = Table(title=f"{url} / {model}")
-        for c in ("conc.", "req", "err", "tok/s", "req/s", "TTFT p50 ms", "TTFT p99 ms", "ITL p50 ms", "ITL p99 ms"):
-            t.add_column(c)
-        rows = []
-        for c in _int_list(concurrency, "--concurrency"):
-            res = C.run_load(url, prompts, params, model=model, concurrency=c)
-            s = res.summary()
-            rows.append(res.to_dict())
-            ms = lambda d, k: f"{d[k] * 1000:.1f}" if d else "-"  # noqa: E731
-            t.add_row(str(c), str(s["requests"]), str(s["errors"]), f"{s['throughput_tok_s']:.1f}",
-                      f"{s['requests_per_s']:.2f}", ms(s["ttft_s"], "p50"), ms(s["ttft_s"], "p99"),
-                      ms(s["itl_s"], "p50"), ms(s["itl_s"], "p99"))
-            if res.errors:
-                console.print(f"[red]{len(res.errors)} error(s)[/], first: {res.errors[0]}", highlight=False)
-        out.print(t)
+        if max_tokens < 1:
+            raise InputError(f"--max-tokens {max_tokens} must be at least 1", fix="e.g. --max-tokens 64")
+        dev = resolve_device("cpu")
+        spec = BackendSpec(model, dev, None, {"url": url, "interface": "text", "ignore_eos": str(ignore_eos).lower()})
+        points = grid([1], [0], [max_tokens], _int_list(concurrency, "--concurrency"))  # input length 0: text prompts
+        if json_path is not None and json_path.is_dir():
+            raise InputError(f"--json '{json_path}' is a folder", fix="give a file name such as load.json")
+        with progress_bar(f"load {model}") as (prog, task):
+            run = run_to_file(Side("triton", spec, f"triton:{model}"), points, LoadSpec(requests=requests, warmup=warmup),
+                              json_path, capture(dev), requests=text_requests(base),
+                              progress=lambda d, i, n: prog.update(task, description=d, completed=i, total=n))
+        out.print(run_table(run))
         if json_path is not None:
-            json_path.parent.mkdir(parents=True, exist_ok=True)
-            json_path.write_text(json.dumps(rows, indent=2) + "\n")
-            console.print(f"wrote {json_path}")
+            console.print(f"wrote {json_path}", markup=False, highlight=False)

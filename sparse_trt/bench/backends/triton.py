@@ -169,13 +169,15 @@ class TritonBackend(Backend):
         from sparse_trt.serve.triton.client import SamplingParams, _inputs
 
         temp = float(self.spec.options["temperature"]) if "temperature" in self.spec.options else None
-        return _inputs(self._grpc, text, SamplingParams(max_tokens=max_new_tokens, temperature=temp, ignore_eos=True),
+        ignore_eos = self.spec.options.get("ignore_eos", "true").lower() not in ("0", "false", "no")
+        return _inputs(self._grpc, text, SamplingParams(max_tokens=max_new_tokens, temperature=temp, ignore_eos=ignore_eos),
                        stream=True)
 
     def tokens_in(self, result) -> int:
         """How many new tokens one streamed response carries."""
         if self._text is not None or self._text_only:
-            return self._text.tokens_in(result)
+            # one streamed response = one token; the empty final response carries none
+            return 1 if any(o.name == "text_output" for o in result.get_response().outputs) else 0
         arr = result.as_numpy(self.names["output_ids"])
         return 0 if arr is None else int(arr.shape[-1])
 
@@ -247,7 +249,7 @@ class TritonBackend(Backend):
 
     def token_counts(self) -> str:
         if self._text is not None or self._text_only:
-            return "server: one streamed response per generated token (text interface, ignore_eos)"
+            return "server: one streamed response per generated token (text interface)"
         return f"server: lengths of the streamed '{self.names['output_ids']}' tensors"
 
     def server_memory_probe(self):

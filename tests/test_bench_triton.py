@@ -1,0 +1,65 @@
+"""`bench run --backend triton` and its alias `triton load` against one real tritonserver (loopback, CPU, small)."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("tritonclient.grpc", reason="tritonclient not installed (pip install 'sparse_trt[triton]')")
+
+from typer.testing import CliRunner  # noqa: E402
+
+from sparse_trt.bench.results import ResultsFile  # noqa: E402
+from sparse_trt.cli.main import app  # noqa: E402
+from sparse_trt.serve.triton.errors import TritonNotFoundError  # noqa: E402
+from sparse_trt.serve.triton.repo import build_pytorch_repo  # noqa: E402
+from sparse_trt.serve.triton.server import TritonServer, find_tritonserver, free_port  # noqa: E402
+
+pytestmark = pytest.mark.triton
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, tiny_dirs):
+    try:
+        install = find_tritonserver()
+    except TritonNotFoundError as e:
+        pytest.skip(f"no tritonserver: {e.message}")
+    root = tmp_path_factory.mktemp("bench_triton")
+    repo = build_pytorch_repo(tiny_dirs("llama"), root / "repo", device="cpu", max_batch_size=4).path
+    ports: set[int] = set()
+    while len(ports) < 3:
+        ports.add(free_port())
+    h, g, m = sorted(ports)
+    srv = TritonServer([repo], install=install, host="127.0.0.1", http_port=h, grpc_port=g, metrics_port=m,
+                       log_file=root / "server.log")
+    try:
+        srv.start(timeout_s=240)
+        yield srv
+    finally:
+        srv.stop()
+
+
+def test_bench_run_and_triton_load_alias_agree(server, tiny_dirs, tmp_path):
+    n_req, out_len = 8, 6
+    run_json, load_json = tmp_path / "run.json", tmp_path / "load.json"
+    r = CliRunner().invoke(app, [
+        "bench", "run", "ensemble", "-b", "triton", "--device", "cpu", "-o", str(run_json),
+        "--opt", f"url={server.grpc_url}", "--opt", "interface=text", "--opt", f"tokenizer={tiny_dirs('llama')}",
+        "--input-lens", "8", "--output-lens", str(out_len), "--concurrency", "2", "--requests", str(n_req), "--warmup", "2"])
+    assert r.exit_code == 0, r.output
+    r2 = CliRunner().invoke(app, [
+        "triton", "load", "--url", server.grpc_url, "--model", "ensemble", "--requests", str(n_req),
+        "--concurrency", "2", "--max-tokens", str(out_len), "--warmup", "2", "--json", str(load_json)])
+    assert r2.exit_code == 0, r2.output
+    a = ResultsFile.load(run_json).runs[0].points[0]
+    b = ResultsFile.load(load_json).runs[0].points[0]
+    for p in (a, b):  # same generator, same accounting
+        assert p.load.mode == "closed-loop" and p.load.concurrency == 2 and p.load.warmup_requests == 2
+        assert p.requests == p.sequences == n_req and p.output_tokens == n_req * out_len
+        assert p.output_token_throughput == pytest.approx(p.output_tokens / p.window_s)
+        assert p.memory is None  # client memory only when asked
+        assert p.server_memory is not None and p.server_memory.label == "server"
+        assert p.server_memory.peak_bytes and "local server process tree RSS" in p.server_memory.source
+    # the two paths measure the same server with the same load: throughputs within a factor of 2 on a busy machine
+    assert 0.5 < a.output_token_throughput / b.output_token_throughput < 2.0
+    assert 0.33 < a.itl_s.p50 / b.itl_s.p50 < 3.0
+    assert ResultsFile.load(load_json).runs[0].token_counts.startswith("server")
