@@ -11,8 +11,9 @@ from sparse_trt.core.patterns import NM, Unstructured, nm_violations
 from sparse_trt.data.text import parse_source
 from sparse_trt.prune import methods as methods_mod
 from sparse_trt.prune.api import PruneRequest, run_prune
+from sparse_trt.prune.experimental import RIA, RIA_OBS, WANDA_OBS
 from sparse_trt.prune.masks import nm_keep_mask
-from sparse_trt.prune.methods import RIA, RIA_OBS, WANDA_OBS, get_method, method_names, parse_options
+from sparse_trt.prune.methods import get_method, method_names, parse_options
 from sparse_trt.prune.refine import refine_nm_mask
 from sparse_trt.prune.ria import ria_scores
 from sparse_trt.prune.stats import StatsAccumulator, relative_error
@@ -148,8 +149,11 @@ def test_bad_options_rejected():
     assert not {"ria", "ria-obs", "wanda-obs"} & set(method_names())
     with pytest.raises(InputError, match="method 'ria-obs' is unknown"):
         get_method("ria-obs")
-    with pytest.raises(InputError, match="not a valid float"):
+    with pytest.raises(InputError, match="not a valid finite float"):
         parse_options(RIA, {"alpha": "half"})
+    for bad in ("inf", "nan", "-inf"):  # non-finite numbers are bad input (exit 2), not a numerical failure later
+        with pytest.raises(InputError, match="not a valid finite float"):
+            parse_options(get_method("sparsegpt"), {"damp": bad})
 
 
 def _req(model_dir, out, calib_file, **kw):
@@ -196,3 +200,31 @@ def test_refit_lowers_error_keeps_mask_and_is_deterministic():
     assert errs == sorted(errs, reverse=True)
     ria = _run("ria-obs", w, st)
     assert relative_error(w, _run("ria-obs", w, st, refit=8).weight, st) < relative_error(w, ria.weight, st)
+
+
+def test_core_options_parser_is_strict():
+    from dataclasses import dataclass
+
+    from sparse_trt.core.options import describe, parse_kv, parse_options
+
+    @dataclass(frozen=True)
+    class Opts:
+        steps: int = 4
+        rate: float = 0.5
+        on: bool = False
+        name: str | None = None
+
+    assert parse_kv(["steps=8", "name = x"]) == {"steps": "8", "name": "x"}
+    got = parse_options(Opts, {"steps": "8", "on": "yes", "name": "abc"}, "backend 'x'")
+    assert got == Opts(steps=8, rate=0.5, on=True, name="abc")
+    assert describe(Opts) == "steps=4, rate=0.5, on=False, name=None"
+    with pytest.raises(InputError, match="given twice"):
+        parse_kv(["steps=1", "steps=2"])
+    with pytest.raises(InputError, match="not KEY=VALUE"):
+        parse_kv(["steps"])
+    with pytest.raises(InputError, match="'colour' is not an option of backend 'x'"):
+        parse_options(Opts, {"colour": "red"}, "backend 'x'")
+    with pytest.raises(InputError, match="steps='2.5' of backend 'x' is not a valid int"):
+        parse_options(Opts, {"steps": "2.5"}, "backend 'x'")
+    with pytest.raises(InputError, match="not a valid bool"):
+        parse_options(Opts, {"on": "maybe"}, "backend 'x'")

@@ -56,10 +56,10 @@ def test_permutation_raises_kept_importance():
 
 
 def test_walker_with_permutation(tiny_dirs, calib_file, tmp_path, monkeypatch):
-    from sparse_trt.prune import methods
+    from sparse_trt.prune import experimental, methods
 
     # RIA (no weight update) isolates the permutation; it is not a registered method (measured worse).
-    monkeypatch.setitem(methods._REGISTRY, methods.RIA.name, methods.RIA)
+    monkeypatch.setitem(methods._REGISTRY, experimental.RIA.name, experimental.RIA)
     src = tiny_dirs("llama")
 
     def req(out, **kw):
