@@ -179,12 +179,7 @@ def progress_bar(description: str, total: int | None = None):
 
 
 def parse_kv(items: list[str] | None, what: str) -> dict[str, str]:
-    out_: dict[str, str] = {}
-    for item in items or []:
-        if "=" not in item:
-            from sparse_trt.core.errors import InputError
+    """``KEY=VALUE`` options as a dict (core.options.parse_kv: malformed or repeated keys are bad input)."""
+    from sparse_trt.core.options import parse_kv as _parse_kv
 
-            raise InputError(f"{what} '{item}' is not KEY=VALUE", fix=f"e.g. {what} damp=0.05")
-        k, v = item.split("=", 1)
-        out_[k.strip()] = v.strip()
-    return out_
+    return _parse_kv(items, what)
