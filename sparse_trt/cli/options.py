@@ -1,19 +1,26 @@
-"""Parsing of device and dtype options (user input -> typed torch values), at the CLI edge."""
+"""Parsing of device and dtype options (user input -> typed torch values), at the CLI edge.
+
+torch is imported when an option is resolved, not when the CLI starts: ``--help`` and argument errors
+answer without loading it.
+"""
 
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
-import torch
-
-from sparse_trt.core.device import DTYPE_NAMES
 from sparse_trt.core.errors import DeviceError, InputError
+
+if TYPE_CHECKING:
+    import torch
 
 _CUDA = "cuda"
 
 
 def resolve_device(spec: str) -> torch.device:
     """'auto' -> the first CUDA device if present, else the CPU; 'cpu'; 'cuda' / 'cuda:i'."""
+    import torch
+
     s = (spec or "auto").strip().lower()
     if s == "auto":
         return torch.device(_CUDA, 0) if torch.cuda.is_available() else torch.device("cpu")
@@ -37,6 +44,8 @@ def resolve_dtype(spec: str | None) -> torch.dtype | None:
     """'auto' -> None (keep the checkpoint's dtype); else the named torch dtype."""
     if spec is None or spec.strip().lower() == "auto":
         return None
+    from sparse_trt.core.device import DTYPE_NAMES
+
     try:
         return DTYPE_NAMES[spec.strip().lower()]
     except KeyError:
