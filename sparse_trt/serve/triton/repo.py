@@ -1,12 +1,19 @@
-"""Generate Triton model repositories: the TensorRT-LLM ensemble, or a PyTorch Python-backend equivalent.
+"""Generate Triton model repositories: the TensorRT-LLM ensemble (+ a cancellable BLS entry), or a PyTorch model.
 
 Both repositories expose the same entry model (default name ``ensemble``)::
 
-    text_input STRING [1], max_tokens INT32 [1], stream BOOL [1] (optional), temperature FP32 [1],
+    text_input STRING [1], max_tokens INT64 [1], stream BOOL [1] (optional), temperature FP32 [1],
     top_k INT32 [1], top_p FP32 [1], random_seed UINT64 [1], ignore_eos BOOL [1] (all optional)
     -> text_output STRING [1]
 
-so a client (``client.py``) cannot tell them apart. Every config.pbtxt is a ModelConfig message.
+so a client (``client.py``) cannot tell them apart. ``max_tokens`` is INT64 so that a JSON value beyond
+int32 reaches the model unchanged and is refused (HTTP 400) instead of wrapping.
+
+Cancellation: Triton does not forward a client's cancellation into an ensemble's steps. The PyTorch
+repository therefore has no ensemble: its entry is one decoupled Python model that tokenizes, generates
+and detokenizes and stops at the next decoding step once cancelled. The TensorRT-LLM repository keeps
+NVIDIA's ensemble layout and adds ``tensorrt_llm_bls`` (``NAME_tensorrt_llm_bls``) beside it, which
+cancels the engine's request when its client cancels. Every config.pbtxt is a ModelConfig message.
 Paths to the engine / model / tokenizer are stored absolute: generate the repository where it will be
 served (or on the same mount layout), as with NVIDIA's own tensorrtllm_backend templates.
 """
@@ -29,7 +36,8 @@ from .names import validate_model_name
 log = logging.getLogger(__name__)
 
 BACKENDS = ("tensorrtllm", "pytorch")
-BATCHING = {"inflight_fused_batching": "inflight_fused_batching", "v1": "V1"}
+# static batching ("V1") was removed from the TensorRT-LLM Triton backend and cannot stream: in-flight only
+BATCHING = "inflight_fused_batching"
 _PY_MODELS = Path(__file__).parent / "python_models"
 
 
@@ -40,6 +48,7 @@ class RepoResult:
     entry: str  # the model clients call
     models: list[str]
     notes: list[str] = field(default_factory=list)
+    cancellable: str | None = None  # the entry that stops generation when its client cancels
 
 
 # ----------------------------------------------------------------------------------------- interface
@@ -47,7 +56,7 @@ def client_inputs() -> list[dict]:
     t = pbtxt.tensor
     return [
         t("text_input", "STRING", [1]),
-        t("max_tokens", "INT32", [1]),
+        t("max_tokens", "INT64", [1]),
         t("stream", "BOOL", [1], optional=True),
         t("temperature", "FP32", [1], optional=True),
         t("top_k", "INT32", [1], optional=True),
@@ -152,27 +161,39 @@ def _check_existing(out: Path, overwrite: bool) -> None:
 
 
 # ----------------------------------------------------------------------------------------- pytorch
+def threads_setting(threads: int | str | None) -> str:
+    """--threads: 'auto' (usable cores // instances, resolved when the server loads the model) or a count >= 1."""
+    if threads is None or str(threads).strip().lower() == "auto":
+        return "auto"
+    try:
+        n = int(str(threads).strip())
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise TritonRepoError(f"--threads '{threads}' is not a thread count",
+                              fix="use auto (cores divided by --instances) or a whole number >= 1")
+    return str(n)
+
+
 def pytorch_configs(model_dir: Path, *, name: str = "ensemble", device: str = "auto", dtype: str = "auto",
-                    sparse_kernels: bool = False, max_batch_size: int = 8, instances: int = 1) -> dict[str, object]:
-    """model name -> ModelConfig for the PyTorch repository."""
-    entry, prefix = _names(name)
-    llm = f"{prefix}pytorch_llm"
+                    sparse_kernels: bool = False, max_batch_size: int = 8, instances: int = 1,
+                    threads: int | str | None = "auto") -> dict[str, object]:
+    """model name -> ModelConfig for the PyTorch repository: one decoupled Python model, the entry itself."""
+    entry, _ = _names(name)
     mbs = _positive(max_batch_size, "--max-batch-size")
-    llm_cfg = pbtxt.model_config(
-        llm, backend="python", max_batch_size=mbs, inputs=client_inputs(), outputs=client_outputs(),
+    cfg = pbtxt.model_config(
+        entry, backend="python", max_batch_size=mbs, inputs=client_inputs(), outputs=client_outputs(),
         decoupled=True, instances=_positive(instances, "--instances"),
         parameters={"model_dir": str(Path(model_dir).absolute()), "device": device, "dtype": dtype,
-                    "sparse_kernels": "true" if sparse_kernels else "false", "max_concurrency": str(mbs)},
+                    "sparse_kernels": "true" if sparse_kernels else "false", "max_concurrency": str(mbs),
+                    "intra_op_threads": threads_setting(threads)},
     )
-    ens = pbtxt.model_config(entry, platform="ensemble", max_batch_size=mbs, inputs=client_inputs(), outputs=client_outputs())
-    ins = {t["name"]: t["name"] for t in client_inputs()}
-    pbtxt.add_ensemble_step(ens, llm, ins, {"text_output": "text_output"})
-    return {entry: ens, llm: llm_cfg}
+    return {entry: cfg}
 
 
 def build_pytorch_repo(model_dir: Path, out: Path, *, name: str = "ensemble", device: str = "auto", dtype: str = "auto",
                        sparse_kernels: bool = False, max_batch_size: int = 8, instances: int = 1,
-                       overwrite: bool = False) -> RepoResult:
+                       threads: int | str | None = "auto", overwrite: bool = False) -> RepoResult:
     from sparse_trt.models.loading import load_config, resolve_source
 
     out = Path(out)
@@ -185,7 +206,8 @@ def build_pytorch_repo(model_dir: Path, out: Path, *, name: str = "ensemble", de
     load_config(src)  # readable config, no custom code
     validate_tokenizer(Path(src.location), what="the model folder's tokenizer")
     configs = pytorch_configs(Path(src.location), name=name, device=device, dtype=dtype,
-                              sparse_kernels=sparse_kernels, max_batch_size=max_batch_size, instances=instances)
+                              sparse_kernels=sparse_kernels, max_batch_size=max_batch_size, instances=instances,
+                              threads=threads)
     with atomic_output_dir(out, overwrite=overwrite, what="model repository") as tmp:
         for model, cfg in configs.items():
             pbtxt.write_config(tmp / model, cfg)
@@ -197,20 +219,22 @@ def build_pytorch_repo(model_dir: Path, out: Path, *, name: str = "ensemble", de
     notes = []
     if sparse_kernels:
         notes.append("2:4 kernels need an Ampere+ GPU and fp16/bf16 weights (use dtype float16 if the checkpoint is fp32)")
-    return RepoResult(out, "pytorch", entry, list(configs), notes)
+    return RepoResult(out, "pytorch", entry, list(configs), notes, cancellable=entry)
 
 
 # ----------------------------------------------------------------------------------------- tensorrt-llm
 def trtllm_configs(engine_dir: Path, tokenizer_dir: Path, *, name: str = "ensemble", max_batch_size: int = 8,
-                   decoupled: bool = True, kv_cache_free_gpu_mem_fraction: float = 0.9,
-                   batching: str = "inflight_fused_batching", instances: int = 1,
-                   max_queue_delay_us: int = 0) -> dict[str, object]:
+                   decoupled: bool = True, kv_cache_free_gpu_mem_fraction: float = 0.9, instances: int = 1,
+                   max_queue_delay_us: int = 0, max_seq_len: int | None = None,
+                   max_input_len: int | None = None) -> dict[str, object]:
+    """model name -> ModelConfig: the ensemble (entry), its three steps, and the cancellable BLS entry."""
     entry, prefix = _names(name)
     pre, llm, post = f"{prefix}preprocessing", f"{prefix}tensorrt_llm", f"{prefix}postprocessing"
+    bls = f"{prefix}tensorrt_llm_bls"
     mbs = _positive(max_batch_size, "--max-batch-size")
     inst = _positive(instances, "--instances")
-    if batching not in BATCHING:
-        raise TritonRepoError(f"--batching '{batching}' is not known", fix=f"use one of: {', '.join(BATCHING)}")
+    limits = {k: str(int(v)) for k, v in (("max_seq_len", max_seq_len), ("max_input_len", max_input_len))
+              if isinstance(v, int) and v > 0}
     if not 0.0 < float(kv_cache_free_gpu_mem_fraction) <= 1.0:
         raise TritonRepoError(f"--kv-cache-free-gpu-mem-fraction {kv_cache_free_gpu_mem_fraction} is outside (0, 1]",
                               fix="use e.g. 0.9")
@@ -218,30 +242,33 @@ def trtllm_configs(engine_dir: Path, tokenizer_dir: Path, *, name: str = "ensemb
     tok = str(Path(tokenizer_dir).absolute())
     pre_cfg = pbtxt.model_config(
         pre, backend="python", max_batch_size=mbs, instances=inst,
-        inputs=[t("QUERY", "STRING", [1]), t("IGNORE_EOS", "BOOL", [1], optional=True)],
-        outputs=[t("INPUT_ID", "INT32", [-1]), t("REQUEST_INPUT_LEN", "INT32", [1]),
+        inputs=[t("QUERY", "STRING", [1]), t("MAX_TOKENS", "INT64", [1]), t("IGNORE_EOS", "BOOL", [1], optional=True)],
+        outputs=[t("INPUT_ID", "INT32", [-1]), t("REQUEST_INPUT_LEN", "INT32", [1]), t("REQUEST_OUTPUT_LEN", "INT32", [1]),
                  t("END_ID", "INT32", [1]), t("PAD_ID", "INT32", [1])],
-        parameters={"tokenizer_dir": tok, "add_special_tokens": "true"},
+        parameters={"tokenizer_dir": tok, "add_special_tokens": "true"} | limits,
     )
-    scalar = []  # TensorRT-LLM's per-request scalars are [1] reshaped to []
+    # as in the TensorRT-LLM backend's own template: per-request scalars are dims [1] reshaped to [], and the
+    # sampling seed is read from `seed` (inflight_batcher_llm/src/utils.h); `stop` + a request id cancels
+    scalar: list[int] = []
     llm_cfg = pbtxt.model_config(
         llm, backend="tensorrtllm", max_batch_size=mbs, decoupled=decoupled, instances=1,
         dynamic_batching=True, max_queue_delay_us=max_queue_delay_us,
         inputs=[
             t("input_ids", "INT32", [-1], ragged=True),
             t("input_lengths", "INT32", [1], reshape=scalar),
-            t("request_output_len", "INT32", [1]),
+            t("request_output_len", "INT32", [1], reshape=scalar),
             t("end_id", "INT32", [1], reshape=scalar, optional=True),
             t("pad_id", "INT32", [1], reshape=scalar, optional=True),
-            t("streaming", "BOOL", [1], optional=True),
+            t("streaming", "BOOL", [1], reshape=scalar, optional=True),
+            t("stop", "BOOL", [1], reshape=scalar, optional=True),
             t("temperature", "FP32", [1], reshape=scalar, optional=True),
             t("runtime_top_k", "INT32", [1], reshape=scalar, optional=True),
             t("runtime_top_p", "FP32", [1], reshape=scalar, optional=True),
-            t("random_seed", "UINT64", [1], reshape=scalar, optional=True),
+            t("seed", "UINT64", [1], reshape=scalar, optional=True),
         ],
         outputs=[t("output_ids", "INT32", [-1, -1]), t("sequence_length", "INT32", [-1])],
         parameters={
-            "gpt_model_type": BATCHING[batching],
+            "gpt_model_type": BATCHING,
             "gpt_model_path": str(Path(engine_dir).absolute()),
             "max_beam_width": "1",
             "batch_scheduler_policy": "guaranteed_no_evict",
@@ -260,21 +287,28 @@ def trtllm_configs(engine_dir: Path, tokenizer_dir: Path, *, name: str = "ensemb
         parameters={"tokenizer_dir": tok, "skip_special_tokens": "true"},
     )
     ens = pbtxt.model_config(entry, platform="ensemble", max_batch_size=mbs, inputs=client_inputs(), outputs=client_outputs())
-    pbtxt.add_ensemble_step(ens, pre, {"QUERY": "text_input", "IGNORE_EOS": "ignore_eos"},
-                            {"INPUT_ID": "_INPUT_ID", "REQUEST_INPUT_LEN": "_INPUT_LEN", "END_ID": "_END_ID", "PAD_ID": "_PAD_ID"})
+    pbtxt.add_ensemble_step(ens, pre, {"QUERY": "text_input", "MAX_TOKENS": "max_tokens", "IGNORE_EOS": "ignore_eos"},
+                            {"INPUT_ID": "_INPUT_ID", "REQUEST_INPUT_LEN": "_INPUT_LEN", "REQUEST_OUTPUT_LEN": "_OUTPUT_LEN",
+                             "END_ID": "_END_ID", "PAD_ID": "_PAD_ID"})
     pbtxt.add_ensemble_step(ens, llm, {
-        "input_ids": "_INPUT_ID", "input_lengths": "_INPUT_LEN", "request_output_len": "max_tokens",
+        "input_ids": "_INPUT_ID", "input_lengths": "_INPUT_LEN", "request_output_len": "_OUTPUT_LEN",
         "end_id": "_END_ID", "pad_id": "_PAD_ID", "streaming": "stream", "temperature": "temperature",
-        "runtime_top_k": "top_k", "runtime_top_p": "top_p", "random_seed": "random_seed",
+        "runtime_top_k": "top_k", "runtime_top_p": "top_p", "seed": "random_seed",
     }, {"output_ids": "_TOKENS", "sequence_length": "_SEQ_LEN"})
     pbtxt.add_ensemble_step(ens, post, {"TOKENS_BATCH": "_TOKENS", "SEQUENCE_LENGTH": "_SEQ_LEN"}, {"OUTPUT": "text_output"})
-    return {entry: ens, pre: pre_cfg, llm: llm_cfg, post: post_cfg}
+    # the cancellable entry: same interface, runs the steps itself (python_models/tensorrt_llm_bls.py)
+    bls_cfg = pbtxt.model_config(
+        bls, backend="python", max_batch_size=mbs, inputs=client_inputs(), outputs=client_outputs(),
+        decoupled=True, instances=inst,
+        parameters={"tokenizer_dir": tok, "tensorrt_llm_model_name": llm, "add_special_tokens": "true",
+                    "skip_special_tokens": "true", "decoupled_llm": "true" if decoupled else "false"} | limits,
+    )
+    return {entry: ens, pre: pre_cfg, llm: llm_cfg, post: post_cfg, bls: bls_cfg}
 
 
 def build_trtllm_repo(engine_dir: Path, tokenizer_dir: Path | None, out: Path, *, name: str = "ensemble",
                       max_batch_size: int = 8, decoupled: bool = True, kv_cache_free_gpu_mem_fraction: float = 0.9,
-                      batching: str = "inflight_fused_batching", instances: int = 1,
-                      overwrite: bool = False) -> RepoResult:
+                      instances: int = 1, overwrite: bool = False) -> RepoResult:
     out = Path(out)
     _check_existing(out, overwrite)
     ecfg = validate_engine_dir(Path(engine_dir))
@@ -290,11 +324,14 @@ def build_trtllm_repo(engine_dir: Path, tokenizer_dir: Path | None, out: Path, *
         notes.append(f"the engine has {world} ranks: serve it with MPI (tensorrtllm_backend's launch_triton_server.py "
                      f"--world_size {world}) inside the TensorRT-LLM container")
     if not decoupled:
-        notes.append("--no-decoupled: streaming requests (stream=true) will be refused by the tensorrt_llm model")
+        notes.append("--no-decoupled: streaming requests (stream=true) will be refused by the tensorrt_llm model, "
+                     "and tensorrt_llm_bls cannot cancel a running request")
+    lens = {k: build.get(k) for k in ("max_seq_len", "max_input_len")}
     configs = trtllm_configs(Path(engine_dir), Path(tokenizer_dir), name=name, max_batch_size=max_batch_size,
                              decoupled=decoupled, kv_cache_free_gpu_mem_fraction=kv_cache_free_gpu_mem_fraction,
-                             batching=batching, instances=instances)
-    code = {"preprocessing": "preprocessing.py", "postprocessing": "postprocessing.py"}
+                             instances=instances, **{k: v for k, v in lens.items() if isinstance(v, int)})
+    code = {"preprocessing": "preprocessing.py", "postprocessing": "postprocessing.py",
+            "tensorrt_llm_bls": "tensorrt_llm_bls.py"}
     with atomic_output_dir(out, overwrite=overwrite, what="model repository") as tmp:
         for model, cfg in configs.items():
             pbtxt.write_config(tmp / model, cfg)
@@ -303,4 +340,7 @@ def build_trtllm_repo(engine_dir: Path, tokenizer_dir: Path | None, out: Path, *
                 _copy_model_code(tmp / model / "1", code[kind])
             else:
                 (tmp / model / "1").mkdir(parents=True, exist_ok=True)
-    return RepoResult(out, "tensorrtllm", next(iter(configs)), list(configs), notes)
+    entry, prefix = _names(name)
+    notes.append(f"'{entry}' (the ensemble) does not stop generating when its client cancels or disconnects: "
+                 f"clients that cancel should call '{prefix}tensorrt_llm_bls', which does")
+    return RepoResult(out, "tensorrtllm", entry, list(configs), notes, cancellable=f"{prefix}tensorrt_llm_bls")
