@@ -29,8 +29,16 @@ class PortInUseError(TritonServerError):
     """A port the server needs is taken by another process."""
 
 
+class ServerOptionError(InputError):
+    """A server option (host, port) cannot be used: unknown host, port out of range, ports that clash."""
+
+
 class ModelLoadFailed(TritonServerError):
     """tritonserver started but a model in the repository failed to load."""
+
+
+class RequestInputError(InputError):
+    """A request parameter is out of range; refused before anything is sent."""
 
 
 class TritonClientError(RequestFailedError):

@@ -7,12 +7,22 @@ NVIDIA's container (``/opt/tritonserver``), ``tritonserver`` on PATH, or the bui
 folder holding the backend library, its utils module and the stub for *this* interpreter, and start
 the server with this interpreter's libpython first on LD_LIBRARY_PATH and its ``bin/`` first on PATH:
 the stub then embeds this environment's Python, so models import this environment's torch.
+
+The server's life is tied to the process that started it: on Linux it gets SIGTERM when that process
+dies (``prctl(PR_SET_PDEATHSIG)``, so ``kill -9`` of ``sparse-trt triton serve`` leaves no server; in-flight
+requests drain up to ``exit_timeout_s``), and it runs in its own process group, which ``stop()`` kills
+last. Before start-up the host and ports are checked; a busy port is reported with the PID holding it and
+whether that is a stale server of ours. On shutdown a drain file appears (its path is in the server's
+environment as ``SPARSE_TRT_DRAIN_FILE``): our Python models then refuse new requests with UNAVAILABLE
+while the in-flight ones finish.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import ctypes
+import errno
 import logging
 import os
 import re
@@ -33,7 +43,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .check import check_repo
-from .errors import ModelLoadFailed, PortInUseError, TritonNotFoundError, TritonRepoError, TritonServerError
+from .errors import (
+    ModelLoadFailed,
+    PortInUseError,
+    ServerOptionError,
+    TritonNotFoundError,
+    TritonRepoError,
+    TritonServerError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +58,8 @@ CONTAINER_ROOT = Path("/opt/tritonserver")
 ENV_BINARY = "SPARSE_TRT_TRITONSERVER"
 SHM_DIR = Path("/dev/shm")
 SHM_PREFIX = "sparse_trt_pb_"
+DRAIN_ENV = "SPARSE_TRT_DRAIN_FILE"  # read by python_models/*.py
+PR_SET_PDEATHSIG = 1
 HOW_TO_GET = (
     "pip install 'sparse_trt[triton]' (the nvidia-pytriton wheel bundles a CPU-capable tritonserver), "
     "or run inside NVIDIA's Triton / TensorRT-LLM container (/opt/tritonserver), "
@@ -133,14 +152,121 @@ def server_env(install: TritonInstall, base: dict[str, str] | None = None) -> di
 
 
 # ------------------------------------------------------------------------------------------ ports
+def check_port(port: int, what: str) -> int:
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise ServerOptionError(f"{what} {port} is not a TCP port", fix=f"pass {what} between 1 and 65535")
+    return port
+
+
+def check_host(host: str) -> str:
+    """The host must resolve; an unknown name is an input error, not a busy port."""
+    try:
+        socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as e:
+        raise ServerOptionError(f"--host '{host}' is not an address or a name that resolves ({e})",
+                                fix="use 127.0.0.1 (loopback, the default), 0.0.0.0 (all interfaces) or this machine's "
+                                "address") from None
+    return host
+
+
 def port_free(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
+    """True if ``port`` can be bound on ``host``; ServerOptionError when the host itself cannot be bound."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError):
+        check_host(host)  # raises with the reason
+        raise
+    family, _, _, _, addr = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            s.bind((host, port))
-        except OSError:
-            return False
+            s.bind(addr)
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                return False
+            if e.errno == errno.EACCES:
+                raise ServerOptionError(f"port {port} on {host} needs privileges ({e.strerror})",
+                                        fix="use a port above 1023") from None
+            raise ServerOptionError(f"cannot listen on {host}:{port}: {e.strerror or e}",
+                                    fix="--host must be an address of this machine (127.0.0.1 by default)") from None
     return True
+
+
+def _listening_inodes(port: int) -> set[str]:
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for ln in lines:
+            parts = ln.split()
+            if len(parts) > 9 and parts[3] == "0A" and int(parts[1].rsplit(":", 1)[1], 16) == port:  # 0A = LISTEN
+                inodes.add(parts[9])
+    return inodes
+
+
+def port_holder(port: int) -> int | None:
+    """PID of a process listening on ``port`` (Linux /proc; None if unknown or not visible to us)."""
+    inodes = _listening_inodes(port)
+    if not inodes:
+        return None
+    targets = {f"socket:[{i}]" for i in inodes}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            for fd in (d / "fd").iterdir():
+                with contextlib.suppress(OSError):
+                    if os.readlink(fd) in targets:
+                        return int(d.name)
+        except OSError:
+            continue
+    return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def describe_holder(pid: int) -> str:
+    """'pid N (cmd)', and whether it is a tritonserver of ours and if the sparse-trt process that started it lives."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        cmd = [a.decode(errors="replace") for a in argv if a]
+    except OSError:
+        return f"pid {pid}"
+    name = Path(cmd[0]).name if cmd else "?"
+    text = f"pid {pid} ({name})"
+    m = next((re.search(re.escape(SHM_PREFIX) + r"(\d+)_", a) for a in cmd if SHM_PREFIX in a), None)
+    if m:
+        owner = int(m.group(1))
+        if _alive(owner):
+            text += f", a tritonserver started by sparse-trt (pid {owner}, still running)"
+        else:
+            text += (f", a stale tritonserver of sparse-trt: the process that started it (pid {owner}) is gone; "
+                     f"stop it with `kill {pid}`")
+    elif name == "tritonserver":
+        text += ", a tritonserver not started by sparse-trt"
+    return text
+
+
+def _parent_death_signal(parent: int) -> Callable[[], None]:
+    """Popen preexec_fn: the child gets SIGTERM when ``parent`` dies (Linux prctl); it exits at once if it already has."""
+    libc = ctypes.CDLL(None, use_errno=True)  # loaded before the fork: the child only calls into it
+
+    def preexec() -> None:  # pragma: no cover - runs in the child between fork and exec
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(1)
+
+    return preexec
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -206,11 +332,18 @@ class TritonServer:
         on_log_line: Callable[[str], None] | None = None,
         extra_args: Sequence[str] = (),
         check: bool = True,
+        http_front: bool = True,
     ) -> None:
         if not repos:
             raise TritonRepoError("no model repository given", fix="pass the folder written by `sparse-trt triton repo`")
         self.repos = [Path(r).absolute() for r in repos]
         self.host = host
+        ports = {"--http-port": http_port, "--grpc-port": grpc_port, "--metrics-port": metrics_port}
+        for what, p in ports.items():
+            check_port(p, what)
+        if len(set(ports.values())) < 3:
+            raise ServerOptionError(f"the ports must differ: {', '.join(f'{k} {v}' for k, v in ports.items())}",
+                                    fix="give --http-port, --grpc-port and --metrics-port three different ports")
         self.http_port, self.grpc_port, self.metrics_port = http_port, grpc_port, metrics_port
         self.install = install
         self.log_file = Path(log_file) if log_file else None
@@ -226,6 +359,11 @@ class TritonServer:
         self._reader: threading.Thread | None = None
         self._log_fh = None
         self.models_ready: list[str] = []
+        self.drain_file: Path | None = None
+        # HTTP: our front (front.py) on host:http_port, tritonserver's own HTTP endpoint on a loopback port
+        self.http_front = http_front
+        self._front = None
+        self._triton_http_port = http_port
 
     # -- addresses
     @property
@@ -249,7 +387,7 @@ class TritonServer:
         cmd = [str(self.install.binary)]
         cmd += [f"--model-repository={r}" for r in self.repos]
         cmd += [
-            f"--http-address={self.host}", f"--http-port={self.http_port}",
+            f"--http-address={'127.0.0.1' if self.http_front else self.host}", f"--http-port={self._triton_http_port}",
             f"--grpc-address={self.host}", f"--grpc-port={self.grpc_port}",
             f"--metrics-address={self.host}", f"--metrics-port={self.metrics_port}",
             f"--exit-timeout-secs={self.exit_timeout_s}",
@@ -272,26 +410,44 @@ class TritonServer:
                                           fix=f"run `sparse-trt triton check {r}` and regenerate the repository")
             elif not r.is_dir():
                 raise TritonRepoError(f"model repository '{r}' does not exist", fix="check the path")
-        busy = [f"{what} {p}" for what, p in (("HTTP", self.http_port), ("gRPC", self.grpc_port),
-                                              ("metrics", self.metrics_port)) if not port_free(self.host, p)]
+        check_host(self.host)
+        busy = []
+        for what, p in (("HTTP", self.http_port), ("gRPC", self.grpc_port), ("metrics", self.metrics_port)):
+            if not port_free(self.host, p):
+                pid = port_holder(p)
+                busy.append(f"{what} {p} (held by {describe_holder(pid)})" if pid else f"{what} {p}")
         if busy:
-            raise PortInUseError(f"port(s) already in use on {self.host}: {', '.join(busy)}",
+            raise PortInUseError(f"port(s) already in use on {self.host}: {'; '.join(busy)}",
                                  fix="stop the other server, or pick free ports with --http-port/--grpc-port/--metrics-port")
         self.install = self.install or find_tritonserver()
         cleanup_stale_shm()
         backend_dir = None
+        self._tmp = Path(tempfile.mkdtemp(prefix="sparse_trt_triton_"))
+        self.drain_file = self._tmp / "draining"
         if self.install.bundled:
-            self._tmp = Path(tempfile.mkdtemp(prefix="sparse_trt_triton_"))
             backend_dir = prepare_backend_dir(self.install, self._tmp / "backends")
+        if self.http_front:
+            from .front import HttpFront
+
+            self._triton_http_port = free_port("127.0.0.1")
+            try:
+                self._front = HttpFront(self.host, self.http_port, ("127.0.0.1", self._triton_http_port)).start()
+            except OSError as e:
+                self._cleanup()
+                raise PortInUseError(f"cannot listen on {self.host}:{self.http_port}: {e}",
+                                     fix="pick a free port with --http-port") from None
         cmd = self.command(backend_dir)
         log.info("starting %s", " ".join(cmd))
         if self.log_file:
             self.log_file.parent.mkdir(parents=True, exist_ok=True)
             self._log_fh = open(self.log_file, "w", encoding="utf-8")  # noqa: SIM115 - closed in _cleanup
         try:
+            env = server_env(self.install)
+            env[DRAIN_ENV] = str(self.drain_file)
             self.proc = subprocess.Popen(
                 cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env=server_env(self.install), start_new_session=True, text=True, errors="replace", bufsize=1,
+                env=env, start_new_session=True, text=True, errors="replace", bufsize=1,
+                preexec_fn=_parent_death_signal(os.getpid()) if sys.platform.startswith("linux") else None,  # noqa: PLW1509
             )
         except OSError as e:
             self._cleanup()
@@ -317,9 +473,13 @@ class TritonServer:
                 with contextlib.suppress(Exception):
                     self.on_log_line(line)
 
+    @property
+    def _triton_http_url(self) -> str:
+        return f"127.0.0.1:{self._triton_http_port}" if self.http_front else self.http_url
+
     def _get(self, path: str, timeout: float = 2.0) -> int:
         try:
-            with urllib.request.urlopen(f"http://{self.http_url}{path}", timeout=timeout) as r:  # noqa: S310 - loopback
+            with urllib.request.urlopen(f"http://{self._triton_http_url}{path}", timeout=timeout) as r:  # noqa: S310 - loopback
                 return r.status
         except urllib.error.HTTPError as e:
             return e.code
@@ -351,7 +511,7 @@ class TritonServer:
         import json
 
         try:
-            req = urllib.request.Request(f"http://{self.http_url}/v2/repository/index", data=b"{}", method="POST")
+            req = urllib.request.Request(f"http://{self._triton_http_url}/v2/repository/index", data=b"{}", method="POST")
             with urllib.request.urlopen(req, timeout=5) as r:  # noqa: S310 - loopback
                 return sorted(m["name"] for m in json.loads(r.read()) if m.get("state") == "READY")
         except Exception:  # noqa: BLE001 - informational only
@@ -382,7 +542,17 @@ class TritonServer:
         except subprocess.TimeoutExpired:
             return None
 
+    def begin_drain(self) -> None:
+        """From now on our Python models refuse new requests (UNAVAILABLE); in-flight ones continue."""
+        if self._front is not None:
+            self._front.drain()
+        if self.drain_file is not None:
+            with contextlib.suppress(OSError):
+                self.drain_file.touch()
+
     def signal(self, sig: int = signal.SIGTERM) -> None:
+        if sig in (signal.SIGTERM, signal.SIGINT):
+            self.begin_drain()
         if self.proc is not None and self.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 self.proc.send_signal(sig)
@@ -408,6 +578,9 @@ class TritonServer:
         return code
 
     def _cleanup(self) -> None:
+        if self._front is not None:
+            self._front.stop()
+            self._front = None
         cleanup_shm(self.shm_prefix)
         if self._log_fh:
             self._log_fh.close()
