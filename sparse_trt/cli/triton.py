@@ -6,6 +6,7 @@ import signal
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from sparse_trt.core.errors import InputError
@@ -13,6 +14,7 @@ from sparse_trt.core.errors import InputError
 from .common import console, handle_errors, out, setup_logging
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+PORT = {"min": 1, "max": 65535}  # typer refuses other values with a clear message and exit 2
 
 
 def _int_list(text: str, what: str) -> list[int]:
@@ -42,15 +44,19 @@ def register(app: typer.Typer) -> None:
         max_batch_size: int = typer.Option(8, "--max-batch-size", help="Triton max_batch_size (pytorch: concurrent generations)."),
         decoupled: bool = typer.Option(True, "--decoupled/--no-decoupled", help="tensorrtllm: streaming (decoupled) mode."),
         kv_frac: float = typer.Option(0.9, "--kv-cache-free-gpu-mem-fraction", help="tensorrtllm: share of free GPU memory for the KV cache."),
-        batching: str = typer.Option("inflight_fused_batching", "--batching", help="tensorrtllm: inflight_fused_batching or v1."),
         instances: int = typer.Option(1, "--instances", help="Instances of each Python model."),
+        threads: str = typer.Option("auto", "--threads", help="pytorch: intra-op threads per instance; auto = usable "
+                                    "cores // --instances (resolved when the server loads the model, logged)."),
         device: str = typer.Option("auto", "--device", help="pytorch: auto, cpu, cuda, cuda:N (resolved when the server loads it)."),
         dtype: str = typer.Option("auto", "--dtype", help="pytorch: auto, float32, float16, bfloat16."),
         sparse_kernels: bool = typer.Option(False, "--sparse-kernels", help="pytorch: 2:4 weights through torch semi-structured kernels (CUDA)."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing repository (only on success)."),
-        verbose: bool = typer.Option(False, "--verbose", "-v"),
+        verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what is done."),
     ) -> None:
-        """Write a model repository: TensorRT-LLM ensemble, or the PyTorch Python-backend equivalent."""
+        """Write a model repository: TensorRT-LLM ensemble (+ the cancellable tensorrt_llm_bls), or one PyTorch model.
+
+        TensorRT-LLM runs in-flight batching (static batching was removed from its Triton backend).
+        """
         setup_logging(verbose)
         from sparse_trt.serve.triton.check import check_repo
         from sparse_trt.serve.triton.errors import TritonRepoError
@@ -60,24 +66,26 @@ def register(app: typer.Typer) -> None:
             raise TritonRepoError(f"--backend '{backend}' is not known", fix=f"use one of: {', '.join(BACKENDS)}")
         if backend == "pytorch":
             res = build_pytorch_repo(source, out_dir, name=name, device=device, dtype=dtype, sparse_kernels=sparse_kernels,
-                                     max_batch_size=max_batch_size, instances=instances, overwrite=overwrite)
+                                     max_batch_size=max_batch_size, instances=instances, threads=threads,
+                                     overwrite=overwrite)
         else:
             res = build_trtllm_repo(source, tokenizer, out_dir, name=name, max_batch_size=max_batch_size,
-                                    decoupled=decoupled, kv_cache_free_gpu_mem_fraction=kv_frac, batching=batching,
+                                    decoupled=decoupled, kv_cache_free_gpu_mem_fraction=kv_frac,
                                     instances=instances, overwrite=overwrite)
         rep = check_repo(res.path)
         if not rep.ok:  # our own output must pass our own check
             raise TritonRepoError("the generated repository fails its check:\n  " + "\n  ".join(rep.problems))
         for n in res.notes:
-            console.print(f"[yellow]note:[/] {n}")
-        console.print(f"wrote {res.path} ({res.backend}: {', '.join(res.models)}); clients call '{res.entry}'.\n"
-                      f"serve it: sparse-trt triton serve {res.path}")
+            console.print(f"[yellow]note:[/] {escape(n)}", highlight=False)
+        cancels = f" ('{res.cancellable}' stops generating when its client cancels)" if res.cancellable else ""
+        console.print(f"wrote {res.path} ({res.backend}: {', '.join(res.models)}); clients call '{res.entry}'{cancels}.\n"
+                      f"serve it: sparse-trt triton serve {res.path}", markup=False, highlight=False)
 
     @tr.command("check")
     @handle_errors
     def check_cmd(
         repo: Path = typer.Argument(..., help="Model repository folder."),
-        verbose: bool = typer.Option(False, "--verbose", "-v"),
+        verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what is checked."),
     ) -> None:
         """Re-parse every config.pbtxt strictly and check the ensemble wiring."""
         setup_logging(verbose)
@@ -93,7 +101,7 @@ def register(app: typer.Typer) -> None:
                       str(len(c.input)), str(len(c.output)))
         out.print(t)
         for w in rep.warnings:
-            console.print(f"[yellow]warning:[/] {w}", highlight=False)
+            console.print(f"[yellow]warning:[/] {escape(w)}", highlight=False)
         if not rep.ok:
             raise TritonRepoError(f"{len(rep.problems)} problem(s) in '{repo}':\n  " + "\n  ".join(rep.problems),
                                   fix="regenerate the repository with `sparse-trt triton repo`, or fix the files named")
@@ -103,24 +111,29 @@ def register(app: typer.Typer) -> None:
     @handle_errors
     def serve_cmd(
         repos: list[Path] = typer.Argument(..., help="One or more model repositories (model names must not clash)."),
-        http_port: int = typer.Option(8000, "--http-port"),
-        grpc_port: int = typer.Option(8001, "--grpc-port"),
-        metrics_port: int = typer.Option(8002, "--metrics-port"),
+        http_port: int = typer.Option(8000, "--http-port", **PORT, help="HTTP port (generate, generate_stream, "
+                                      "KServe v2); served by our front, which refuses malformed JSON with 400."),
+        grpc_port: int = typer.Option(8001, "--grpc-port", **PORT, help="gRPC port (streaming clients, `triton generate`)."),
+        metrics_port: int = typer.Option(8002, "--metrics-port", **PORT, help="Prometheus metrics port."),
         host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (loopback by default)."),
         tritonserver: Path | None = typer.Option(None, "--tritonserver", help="tritonserver binary (default: container, PATH, pytriton wheel)."),
         log_file: Path | None = typer.Option(None, "--log-file", help="Also write the server log here."),
         show_log: bool = typer.Option(False, "--show-log", help="Stream the server log to the console."),
         log_verbose: int = typer.Option(0, "--log-verbose", help="tritonserver --log-verbose level."),
         startup_timeout: float = typer.Option(300.0, "--startup-timeout", help="Seconds to wait for /v2/health/ready."),
-        exit_timeout: int = typer.Option(30, "--exit-timeout", help="Seconds in-flight requests get to finish on shutdown."),
-        verbose: bool = typer.Option(False, "--verbose", "-v"),
+        exit_timeout: int = typer.Option(30, "--exit-timeout", min=0, help="Seconds in-flight requests get to finish on shutdown."),
+        verbose: bool = typer.Option(False, "--verbose", "-v", help="Log the server command line and start-up steps."),
     ) -> None:
-        """Run tritonserver on REPO(S) until Ctrl-C / SIGTERM (then drain in-flight requests and exit)."""
-        setup_logging(verbose)
-        from sparse_trt.serve.triton.server import TritonServer, find_tritonserver
+        """Run tritonserver on REPO(S) until Ctrl-C / SIGTERM (then refuse new requests, drain in-flight ones, exit).
 
+        The server dies with this command (also on kill -9: it gets SIGTERM from the kernel).
+        """
+        setup_logging(verbose)
+        from sparse_trt.serve.triton.server import TritonServer, check_host, find_tritonserver
+
+        check_host(host)
         if host not in LOOPBACK:
-            console.print(f"[yellow]warning:[/] listening on {host}: the server has no authentication; "
+            console.print(f"[yellow]warning:[/] listening on {escape(host)}: the server has no authentication; "
                           "anyone who can reach this address can use it")
         install = find_tritonserver(tritonserver) if tritonserver else None  # else: found in start()
         srv = TritonServer(repos, host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
@@ -163,33 +176,66 @@ def register(app: typer.Typer) -> None:
     def generate_cmd(
         prompt: str = typer.Argument(..., help="Prompt text."),
         url: str = typer.Option("127.0.0.1:8001", "--url", help="gRPC host:port (with --http: the HTTP host:port)."),
-        model: str = typer.Option("ensemble", "--model", help="Model to call."),
-        max_tokens: int = typer.Option(64, "--max-tokens"),
-        stream: bool = typer.Option(True, "--stream/--no-stream"),
+        model: str = typer.Option("ensemble", "--model", help="Model to call (a repository's entry: ensemble, "
+                                  "tensorrt_llm_bls, or the --name given to `triton repo`)."),
+        max_tokens: int = typer.Option(64, "--max-tokens", help="New tokens to generate: 1 to 2147483647, and at most "
+                                       "the model's context minus the prompt (the server says how many fit)."),
+        stream: bool = typer.Option(True, "--stream/--no-stream", help="Print tokens as they arrive (one response per "
+                                    "token), or the whole completion at the end."),
         http: bool = typer.Option(False, "--http", help="Use the HTTP generate endpoints instead of gRPC."),
-        temperature: float | None = typer.Option(None, "--temperature"),
-        seed: int | None = typer.Option(None, "--seed"),
+        temperature: float | None = typer.Option(None, "--temperature", help="Sampling temperature (omit or 0: greedy)."),
+        seed: int | None = typer.Option(None, "--seed", help="Sampling seed (with --temperature)."),
+        timeout: float = typer.Option(300.0, "--timeout", min=0.1, help="Seconds to wait; then the request is "
+                                      "cancelled on the server."),
     ) -> None:
-        """Send one request and print the completion as it streams in, with TTFT."""
+        """Send one request and print the completion as it streams in, then TTFT and total time."""
+        import time
+
         from sparse_trt.serve.triton import client as C
+        from sparse_trt.serve.triton.errors import TritonClientError
 
-        params = C.SamplingParams(max_tokens=max_tokens, temperature=temperature, random_seed=seed)
+        params = C.SamplingParams(max_tokens=max_tokens, temperature=temperature, random_seed=seed)  # checked here
+        show = stream  # print each piece as it arrives
+
+        def piece(text: str, _t: float = 0.0) -> None:
+            out.file.write(text)
+            out.file.flush()
+
         if http:
+            t0 = time.perf_counter()
+            first = None
+            n = 0
             if stream:
-                for ev in C.http_generate_stream(url, prompt, params, model=model):
-                    out.print(ev.get("text_output", ""), end="", markup=False, highlight=False)
-                out.print()
+                text = []
+                for ev in C.http_generate_stream(url, prompt, params, model=model, timeout_s=timeout):
+                    first = first or time.perf_counter()
+                    n += 1
+                    text.append(ev.get("text_output", ""))
+                    if show:
+                        piece(text[-1])
+                out.file.write("\n" if show else "".join(text) + "\n")
             else:
-                out.print(C.http_generate(url, prompt, params, model=model).get("text_output", ""), markup=False)
+                body = C.http_generate(url, prompt, params, model=model, timeout_s=timeout)
+                first = time.perf_counter()
+                n = 1
+                out.print(body.get("text_output", ""), markup=False, highlight=False)
+            total = time.perf_counter() - t0
+            ttft = f"{(first - t0) * 1000:.1f} ms" if first is not None else "-"
+            console.print(f"{n} responses, TTFT {ttft}, total {total * 1000:.1f} ms", highlight=False)
             return
-        r = C.generate_stream(url, prompt, params, model=model, stream=stream)
+        r = C.generate_stream(url, prompt, params, model=model, stream=stream, timeout_s=timeout,
+                              on_piece=piece if stream else None)
+        if stream:
+            out.file.write("\n")
+            out.file.flush()
         if r.error:
-            from sparse_trt.serve.triton.errors import TritonClientError
-
-            raise TritonClientError(f"request to {url}/{model} failed: {r.error}", fix="check the server log")
-        out.print(r.text, markup=False, highlight=False)
+            raise TritonClientError(f"request to {url}/{model} failed: {r.error}",
+                                    fix=f"is a server running at {url} (sparse-trt triton serve)? Otherwise see the "
+                                    "message and the server log")
+        if not stream:
+            out.print(r.text, markup=False, highlight=False)
         ttft = f"{r.ttft_s * 1000:.1f} ms" if r.ttft_s is not None else "-"
-        console.print(f"{r.output_tokens} responses, TTFT {ttft}, total {r.e2e_s * 1000:.1f} ms")
+        console.print(f"{r.output_tokens} responses, TTFT {ttft}, total {r.e2e_s * 1000:.1f} ms", highlight=False)
 
     @tr.command("load")
     @handle_errors
