@@ -87,6 +87,15 @@ def test_gpu_check_script_inputs_are_valid():
     shapes = re.search(r"^SHAPES=(\S+)$", text, re.M).group(1)
     assert parse_shapes(shapes) == [(4096, 4096), (4096, 11008), (11008, 4096), (14336, 4096)]
     assert re.search(r"--config (\S+)", text).group(1) in PRESETS
+    tokens = [int(t) for t in re.search(r"^TOKENS=(\S+)$", text, re.M).group(1).split(",")]
+    assert min(tokens) <= 16 and max(tokens) >= 512  # decode and prefill GEMM shapes
+    limits = [int(x) for x in re.findall(r"^\s*step [\w-]+ (\d+) ", text, re.M)]
+    budget = int(re.search(r"BUDGET_S=\$\{BUDGET_S:-(\d+)\}", text).group(1))
+    assert len(limits) == 8 and sum(limits) <= budget <= 480  # per-step limits within the 8-minute budget
+    smol = Path(__file__).parent.parent / "benchmarks" / "smollm2-135m.config.json"
+    from sparse_trt.bench.synth import load_config_dict
+
+    assert load_config_dict(smol)["hidden_size"] == 576
     from typer.testing import CliRunner
 
     from sparse_trt.cli.main import app
@@ -94,9 +103,38 @@ def test_gpu_check_script_inputs_are_valid():
     for cmd in ("gemm", "compare", "synth"):
         help_text = " ".join(CliRunner().invoke(app, ["bench", cmd, "--help"], env={"COLUMNS": "200"}).output.split())
         opts = set(re.findall(r"bench " + cmd + r" .*", text.replace("\\\n", " ")))
+        assert opts, cmd
         for line in opts:
             for opt in re.findall(r"(--[a-z][a-z0-9-]+)", line):
                 assert opt in help_text, (cmd, opt)
+
+
+def test_gpu_check_exits_at_once_without_a_gpu(tmp_path):
+    """On a machine without CUDA the script stops in seconds, saying why, and runs nothing."""
+    import os
+    import shutil
+    import subprocess
+    import time
+    from pathlib import Path
+
+    script = Path(__file__).parent.parent / "benchmarks" / "gpu_check.sh"
+    env = dict(os.environ)
+    if shutil.which("nvidia-smi"):  # a GPU machine: hide nvidia-smi to see the no-GPU path
+        env["PATH"] = "/nonexistent"
+    t0 = time.perf_counter()
+    r = subprocess.run(["/bin/bash", str(script), str(tmp_path / "out")], capture_output=True, text=True, env=env,
+                       timeout=60)
+    assert time.perf_counter() - t0 < 20
+    assert r.returncode == 2 and "no NVIDIA GPU" in r.stderr and "Nothing was run" in r.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_report_cli_has_no_plots_flag():
+    from typer.testing import CliRunner
+
+    from sparse_trt.cli.main import app
+
+    assert "--no-plots" in CliRunner().invoke(app, ["report", "--help"], env={"COLUMNS": "200"}).output
 
 
 def test_tensorrt_tactic_from_its_info_log():
