@@ -225,3 +225,32 @@ def test_configured_memory_notes_and_no_torch_peaks(monkeypatch, tmp_path, execu
     assert stats.nvml_process_used_peak_bytes is None and stats.weights_bytes == 4096
     assert any("engine 4096 B + KV cache" in n for n in stats.notes)
     assert any("per-process memory unknown" in n for n in stats.notes)
+
+
+def test_signature_and_token_source(tmp_path):
+    a = create_backend("trtllm", BackendSpec(str(engine(tmp_path / "a")), CUDA))
+    b = create_backend("trtllm", BackendSpec(str(engine(tmp_path / "b", mode="dense", log="trtllm_build_dense.log")), CUDA))
+    assert a.model_signature() == b.model_signature() and a.model_signature()["num_hidden_layers"] == 2
+    assert "executor" in a.token_counts()
+
+
+def test_compare_two_engines_through_the_load_generator(tmp_path, executor_module, monkeypatch):
+    """The real runner drives both engines from 4 closed-loop workers: requests overlap in each executor."""
+    from sparse_trt.bench.loadgen import LoadSpec
+    from sparse_trt.bench.runner import compare_benchmark, open_backend
+    from sparse_trt.bench.workload import Workload
+
+    monkeypatch.setattr(tb.TrtllmBackend, "memory_device", lambda self: torch.device("cpu"))  # no CUDA here
+    pts = [Workload(1, 8, 6, 4)]
+    d = open_backend("trtllm", BackendSpec(str(engine(tmp_path / "d", mode="dense", log="trtllm_build_dense.log")),
+                                           CUDA), pts)
+    s = open_backend("trtllm", BackendSpec(str(engine(tmp_path / "s", log="trtllm_build_sparse_llama.log")), CUDA), pts)
+    try:
+        rd, rs, cmp = compare_benchmark(d, s, pts, LoadSpec(requests=8, warmup=1), pairs=2)
+    finally:
+        d.close()
+        s.close()
+    assert all(ex.max_in_flight >= 2 for ex in fake.Executor.instances)
+    assert rd.points[0].output_tokens > 0 and rs.points[0].output_tokens == rd.points[0].output_tokens
+    assert rs.sparse_kernels.active is True and rd.sparse_kernels.active is False
+    assert rs.backend_info["kv_cache"]["max_tokens"] == rd.backend_info["kv_cache"]["max_tokens"]

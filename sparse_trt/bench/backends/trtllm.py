@@ -139,6 +139,17 @@ class TrtllmBackend(Backend):
         dt = self.cfg.get("pretrained_config", {}).get("dtype")
         return dt if isinstance(dt, str) else None
 
+    def token_counts(self) -> str:
+        return "engine: output token ids of each streaming executor response"
+
+    def model_signature(self) -> dict[str, Any] | None:
+        pc = self.cfg.get("pretrained_config")
+        if not isinstance(pc, dict):
+            return None
+        keys = ("architecture", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                "num_key_value_heads", "vocab_size")
+        return {k: pc[k] for k in keys if pc.get(k) is not None}
+
     def engine_bytes(self) -> int:
         return sum(f.stat().st_size for f in self.dir.glob("rank*.engine"))
 
