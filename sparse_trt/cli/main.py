@@ -19,7 +19,7 @@ app = typer.Typer(
 )
 
 # One module per command group; each defines register(app).
-COMMAND_MODULES = ("prune", "plan", "recover", "verify", "eval", "demo", "triton", "export", "build", "bench", "report")
+COMMAND_MODULES = ("prune", "plan", "recover", "quantize", "verify", "eval", "demo", "triton", "export", "build", "bench", "report")
 
 for _name in COMMAND_MODULES:
     importlib.import_module(f"sparse_trt.cli.{_name}").register(app)

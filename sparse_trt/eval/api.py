@@ -47,12 +47,28 @@ def run_eval(
     record: bool = True,
     progress: Callable[[int, int], None] | None = None,
     trust_remote_code: bool = False,
+    simulate_quant: bool = True,
 ) -> PerplexityResult:
     loaded = load_model(model, dtype=dtype, trust_remote_code=trust_remote_code)
-    result = evaluate_loaded(loaded, model, data, seqlen, max_windows, device, progress)
+    spec = quant_spec_of(model) if simulate_quant else None
+    if spec is not None:  # a quantized folder: perplexity as the FP8 / INT8 engine computes it (eval/simquant.py)
+        from .simquant import simulated_quantization
+
+        with simulated_quantization(loaded.model, loaded.adapter, spec):
+            result = evaluate_loaded(loaded, f"{model} [{spec.format} simulated]", data, seqlen, max_windows, device, progress)
+    else:
+        result = evaluate_loaded(loaded, model, data, seqlen, max_windows, device, progress)
     if record:
-        record_quality(Path(model), result)
+        record_quality(Path(model), result, key="perplexity" if spec is None else f"perplexity_{spec.format}_simulated")
     return result
+
+
+def quant_spec_of(model: str):
+    """The quantization.json of a model folder, or None (not a folder, or not quantized)."""
+    from sparse_trt.quantize.spec import load_quant_spec
+
+    p = Path(model)
+    return load_quant_spec(p) if p.is_dir() else None
 
 
 def recorded_quality(directory: Path, key: str = "dense_perplexity") -> PerplexityResult | None:

@@ -57,8 +57,9 @@ def smoothing_factors(act_amax: torch.Tensor, weight: torch.Tensor, alpha: float
     a = act_amax.float().reshape(-1)
     ws = weight.detach().abs().amax(dim=0)  # per input channel, in the weight's dtype
     s = (ws.pow(1 - alpha) / a.pow(alpha)).reshape(-1)
-    if s.min() <= _ZERO_CHANNEL:
-        s[a <= _ZERO_CHANNEL] = 1
+    # A channel that never fired gets factor 1 (ModelOpt 0.47 intends the same but tests s.min(), which an
+    # infinite factor never trips, and then clamps it to 1e4: a deliberate difference, docs/quantize.md).
+    s[a <= _ZERO_CHANNEL] = 1
     return s.clamp(min=SMOOTH_MIN, max=SMOOTH_MAX)
 
 
