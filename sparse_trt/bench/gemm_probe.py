@@ -170,6 +170,7 @@ def _capture_logger(trt):
     class CaptureLogger(trt.ILogger):
         def __init__(self) -> None:
             trt.ILogger.__init__(self)
+            self.min_severity = trt.ILogger.Severity.INFO  # read by TensorRT builds that filter before calling log
             self.lines: list[str] = []
 
         def log(self, severity, msg) -> None:  # noqa: ANN001 - TensorRT's callback signature
