@@ -152,7 +152,9 @@ def replace_model_weights(t: Path, w: dict) -> None:
 
 
 def corrupt_layer_file(t: Path, w: dict) -> None:
-    (t / ".o.partial" / "layer_00000.safetensors").write_bytes(b"\x10\x00\x00\x00garbage")
+    files = sorted((t / ".o.partial").glob("layer*00000.safetensors"))
+    assert files, list((t / ".o.partial").iterdir())
+    files[0].write_bytes(b"\x10\x00\x00\x00garbage")
 
 
 def stale_tmp(t: Path, w: dict) -> None:
@@ -352,6 +354,25 @@ ROWS = [
         exists=("notes.json",), setup=write("notes.json", "{}")),
     Row("plan-opt-inf", ["plan", "{src}", "-o", "{t}/plan.json", "--budget-ppl", "5", "--opt", "damp=inf"], 2,
         "not a finite number", absent=("plan.json",)),
+    # ---- bench, report, build, triton: the same output rules (core.atomic) and their own checks
+    Row("bench-run-overwrite-unrelated", ["bench", "run", "{pruned}", "-o", "{t}/notes.json", "--overwrite"], 2,
+        "not written by sparse-trt", exists=("notes.json",), setup=write("notes.json", '{"mine": true}')),
+    Row("bench-run-out-exists", ["bench", "run", "{pruned}", "-o", "{t}/notes.json"], 2, "already exists",
+        exists=("notes.json",), setup=write("notes.json", "{}")),
+    Row("bench-run-out-is-folder", ["bench", "run", "{pruned}", "-o", "{t}/d"], 2, "is a folder",
+        setup=lambda t, w: (t / "d").mkdir()),
+    Row("bench-compare-unrelated-models", ["bench", "compare", "{src}", "{t}/m", "-o", "{t}/cmp.json"], 2,
+        "different models", absent=("cmp.json",), setup=model_copy(lambda c: c.update(intermediate_size=256))),
+    Row("report-overwrite-unrelated", ["report", "{t}/notes.json", "-o", "{t}/rep", "--overwrite"], 2,
+        "not written by sparse-trt", exists=("rep/keep.txt",),
+        setup=lambda t, w: (write("notes.json", "{}")(t, w), write("rep/keep.txt", "precious")(t, w))),
+    Row("build-overwrite-unrelated", ["build", "{pruned}", "-o", "{t}/eng", "--overwrite"], 2, "not written by sparse-trt",
+        exists=("eng/keep.txt",), setup=write("eng/keep.txt", "precious")),
+    Row("build-overwrite-root", ["build", "{pruned}", "-o", "/", "--overwrite"], 2, "the file-system root"),
+    Row("triton-repo-overwrite-unrelated", ["triton", "repo", "{pruned}", "--backend", "pytorch", "-o", "{t}/repo",
+                                            "--overwrite"], 2, "not written by sparse-trt", exists=("repo/keep.txt",),
+        setup=write("repo/keep.txt", "precious")),
+    Row("triton-serve-port-out-of-range", ["triton", "serve", "{t}", "--http-port", "70000"], 2, "70000 is not in the range"),
     # ---- the CLI itself
     Row("help", ["--help"], 0, "prune"),
     Row("unknown-command", ["frobnicate"], 2, "No such command"),
@@ -393,7 +414,8 @@ def test_bad_input(row: Row, ws, tmp_path, monkeypatch):
             w["_restore"]()
     out = flat(res.output)
     assert res.exit_code == row.code, f"{row.id}: exit {res.exit_code}\n{res.output}\n{res.exception!r}"
-    if row.code not in (0, 130, 143) and row.argv[0] != "frobnicate" and row.id != "missing-required-out":
+    if row.code not in (0, 130, 143) and row.id not in ("unknown-command", "missing-required-out",
+                                                         "triton-serve-port-out-of-range"):
         assert "fix:" in out, res.output  # every named error says how to fix it
     assert flat(row.phrase) in out, res.output
     if "_pid" in w:
