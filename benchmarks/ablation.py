@@ -29,7 +29,6 @@ from sparse_trt.data.text import TextSource
 from sparse_trt.data.windows import calibration_windows, eval_windows
 from sparse_trt.eval.perplexity import perplexity
 from sparse_trt.models.loading import load_model
-from sparse_trt.prune.api import add_bos_for
 from sparse_trt.prune.methods import get_method, parse_options
 from sparse_trt.prune.sequential import WalkConfig, parent_and_attr, prune_model
 
@@ -58,7 +57,7 @@ def main() -> None:
     cpu = torch.device("cpu")
     loaded = load_model(args.model)
     model, adapter = loaded.model, loaded.adapter
-    bos = add_bos_for(loaded)
+    bos = loaded.add_bos()
     calib = calibration_windows(loaded.tokenizer, TextSource("wiki"), args.nsamples, args.seqlen, 0, bos)
     ev = eval_windows(loaded.tokenizer, TextSource("wiki"), args.seqlen, args.eval_windows, bos)
     dense_state = {k: v.clone() for k, v in model.state_dict().items()}

@@ -13,7 +13,7 @@ from sparse_trt.core.patterns import NM, nm_violations
 from sparse_trt.data.text import parse_source
 from sparse_trt.data.windows import calibration_windows
 from sparse_trt.models.loading import load_model
-from sparse_trt.prune.api import PruneRequest, add_bos_for, run_prune
+from sparse_trt.prune.api import PruneRequest, run_prune
 from sparse_trt.prune.blockfit import BlockFitSettings, fit_kept_weights, relative_output_error
 from sparse_trt.prune.masks import keep_mask
 from sparse_trt.prune.methods import get_method, parse_options
@@ -83,7 +83,7 @@ def _final_hidden_error(model_dir, dense_dir, calib_file) -> float:
     outs = []
     for d in (model_dir, dense_dir):
         loaded = load_model(str(d))
-        ids = calibration_windows(loaded.tokenizer, parse_source(str(calib_file)), 8, 32, 0, add_bos_for(loaded))
+        ids = calibration_windows(loaded.tokenizer, parse_source(str(calib_file)), 8, 32, 0, loaded.add_bos())
         with torch.no_grad():
             outs.append(loaded.model(input_ids=ids, output_hidden_states=True, use_cache=False).hidden_states[-1])
     return relative_output_error(outs[0], outs[1])

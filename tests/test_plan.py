@@ -14,11 +14,25 @@ from sparse_trt.core.errors import InputError
 from sparse_trt.core.manifest import Manifest
 from sparse_trt.core.patterns import NM
 from sparse_trt.data.text import parse_source
-from sparse_trt.prune import plan as plan_mod
+from sparse_trt.plan import PlanRequest, choose_count, gemm_speedups, load_plan, make_plan, rank_linears
+from sparse_trt.plan import plan as plan_mod
 from sparse_trt.prune.api import PruneRequest, run_prune
-from sparse_trt.prune.plan import PlanRequest, choose_count, load_plan, make_plan, rank_linears
 
 CPU = torch.device("cpu")
+
+
+def test_gemm_speedups_median_per_shape():
+    rows = [((64, 128), 1.2), ((64, 128), 1.6), ((64, 128), 1.4), ((32, 64), None), ((32, 64), 0.9)]
+    assert gemm_speedups(rows) == {(64, 128): 1.4, (32, 64): 0.9}
+
+
+def test_plan_settings_for_prune():
+    plan = plan_mod.Plan(model={"source": "m"}, pattern="2:4", linears={}, method="sparsegpt-refit",
+                         details={"options": {"refit": 4}})
+    assert plan.prune_settings(None, {}) == ("sparsegpt-refit", {"refit": "4"}, None)
+    assert plan.prune_settings(None, {"refit": "2"}) == ("sparsegpt-refit", {"refit": "2"}, None)
+    method, options, note = plan.prune_settings("wanda", {})
+    assert (method, options) == ("wanda", {}) and "made with sparsegpt-refit" in note
 
 
 def test_rank_by_damage_per_speed_and_gemm_weighting():
@@ -101,7 +115,7 @@ def test_plan_for_another_model_names_it(tiny_dirs, calib_file, tmp_path):
     other = tiny_dirs("gpt2")
     req = PruneRequest(model=str(other), out=tmp_path / "o", pattern=NM(2, 4), calib=parse_source(str(calib_file)),
                        nsamples=4, seqlen=32, device=CPU, layer_patterns=load_plan(path).layer_patterns(),
-                       plan_source=str(path))
+                       plan_source=str(path), plan_model=load_plan(path).model_name())
     with pytest.raises(InputError, match=r"made for .*llama.*does not have"):
         run_prune(req)
     assert not (tmp_path / "o").exists()

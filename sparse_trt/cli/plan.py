@@ -44,23 +44,32 @@ def register(app: typer.Typer) -> None:
         nsamples: int = typer.Option(32, "--nsamples", help="Calibration windows."),
         seqlen: int = typer.Option(512, "--seqlen", help="Tokens per window (calibration and held-out)."),
         eval_windows: int = typer.Option(8, "--eval-windows", help="Held-out windows used to estimate perplexity."),
-        seed: int = typer.Option(0, "--seed"),
-        device: str = typer.Option("auto", "--device"),
-        dtype: str = typer.Option("auto", "--dtype"),
+        seed: int = typer.Option(0, "--seed", help="Seed for calibration window sampling."),
+        device: str = typer.Option("auto", "--device", help="Compute device: auto, cpu, cuda, cuda:N."),
+        dtype: str = typer.Option("auto", "--dtype", help="Load dtype: auto (checkpoint's), float32, float16, bfloat16."),
         opt: list[str] = typer.Option([], "--opt", help="Method option KEY=VALUE (repeatable)."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing plan file."),
-        verbose: bool = typer.Option(False, "--verbose", "-v"),
+        verbose: bool = typer.Option(False, "--verbose", "-v", help="Show library logs."),
     ) -> None:
         """Measure per-linear damage and write a plan that meets a perplexity budget with the most speed kept."""
-        from sparse_trt.prune.plan import PlanRequest, make_plan
+        from sparse_trt.plan import PlanRequest, gemm_speedups, make_plan
 
         from .prune import method_options
 
         setup_logging(verbose)
+        speedups = None
+        if gemm is not None:
+            from sparse_trt.bench.results import ResultsFile
+
+            res = ResultsFile.load(gemm)
+            if res.gemm is None:
+                raise InputError(f"'{gemm}' holds no GEMM probe rows", fix="pass a file written by `sparse-trt bench gemm`")
+            speedups = gemm_speedups((row.shape, row.speedup) for row in res.gemm.rows if row.status == "ok")
         req = PlanRequest(
             model=model, out=out_path, method=method, pattern=parse_pattern(pattern),
             fallback=None if fallback.strip().lower() == "dense" else parse_pattern(fallback),
-            budget_ppl=None if budget_ppl is None else parse_budget(budget_ppl), keep_dense=keep_dense, gemm=gemm,
+            budget_ppl=None if budget_ppl is None else parse_budget(budget_ppl), keep_dense=keep_dense,
+            gemm_speedups=speedups, gemm_source=None if gemm is None else str(gemm),
             calib=parse_source(calib), nsamples=nsamples, seqlen=seqlen, eval_windows=eval_windows, seed=seed,
             device=resolve_device(device), dtype=resolve_dtype(dtype), options=method_options(opt), overwrite=overwrite,
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from sparse_trt.core.patterns import parse_pattern
@@ -93,23 +94,17 @@ def register(app: typer.Typer) -> None:
         """Prune MODEL one decoder layer at a time and write a pruned HF checkpoint with sparsity.json."""
         setup_logging(verbose)
         layer_patterns: dict = {}
-        plan_source = None
+        plan_source = plan_model = None
+        options = method_options(opt)
         if plan is not None:
-            from sparse_trt.prune.plan import load_plan
+            from sparse_trt.plan import load_plan
 
             loaded_plan = load_plan(plan)
             layer_patterns = loaded_plan.layer_patterns()
-            plan_source = str(plan)
-            if method is None:
-                method = loaded_plan.method
-                if not opt:  # the plan's method with the options it was measured with
-                    plan_options = loaded_plan.details.get("options") or {}
-                    opt = [f"{k}={v}" for k, v in plan_options.items()]
-            elif method != loaded_plan.method:
-                console.print(
-                    f"[yellow]note:[/] the plan was made with {loaded_plan.method}; pruning with {method} "
-                    "(its estimate may not carry over)"
-                )
+            plan_source, plan_model = str(plan), loaded_plan.model_name()
+            method, options, note = loaded_plan.prune_settings(method, options)
+            if note:
+                console.print(f"[yellow]note:[/] {escape(note)}")
         method = method or "sparsegpt"
         get_method(method)
         req = PruneRequest(
@@ -124,9 +119,10 @@ def register(app: typer.Typer) -> None:
             device=resolve_device(device),
             dtype=resolve_dtype(dtype),
             exclude=tuple(exclude),
-            options=method_options(opt),
+            options=options,
             layer_patterns=layer_patterns,
             plan_source=plan_source,
+            plan_model=plan_model,
             resume=resume,
             overwrite=overwrite,
             trust_remote_code=trust_remote_code,

@@ -66,6 +66,16 @@ class LoadedModel:
     # Streamed: the decoder layers are weightless until ``layers.load(i, layer)`` reads them.
     layers: StreamedLayers | None = None
 
+    def context_limit(self) -> int | None:
+        """The longest window the model takes (None: unknown); calibration and evaluation check against it."""
+        return self.adapter.max_context(self.model.config)
+
+    def add_bos(self) -> bool:
+        """Does each window start with BOS? Where the family needs it (Gemma) or the tokenizer adds one."""
+        from sparse_trt.data.windows import tokenizer_adds_bos
+
+        return self.adapter.needs_bos or tokenizer_adds_bos(self.tokenizer)
+
 
 def cache_dir() -> Path:
     root = os.environ.get("SPARSE_TRT_CACHE")

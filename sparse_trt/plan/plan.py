@@ -21,7 +21,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,6 +68,21 @@ class Plan:
             **self.details,
         }
 
+    def prune_settings(self, method: str | None, options: Mapping[str, str]) -> tuple[str, dict[str, str], str | None]:
+        """What ``prune --plan`` runs: (method, options, note).
+
+        Without a method of its own, prune uses the plan's method with the options the plan was measured
+        with (unless options are given); a different method is allowed, with a note that the plan's
+        estimate may not carry over.
+        """
+        if method is None:
+            plan_options = self.details.get("options") or {}
+            return self.method, dict(options) if options else {str(k): str(v) for k, v in plan_options.items()}, None
+        note = None
+        if method != self.method:
+            note = f"the plan was made with {self.method}; pruning with {method} (its estimate may not carry over)"
+        return method, dict(options), note
+
     def save(self, path: Path) -> Path:
         atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=2) + "\n")
         return Path(path)
@@ -109,17 +124,16 @@ def load_plan(path: Path | str) -> Plan:
 # ------------------------------------------------------------------------------- selection
 
 
-def gemm_speedups(path: Path) -> dict[tuple[int, int], float]:
-    """``(out, in) -> measured 2:4 speedup`` (median over token counts) from a `bench gemm` results file."""
-    from sparse_trt.bench.results import ResultsFile  # only when a probe file is given
+def gemm_speedups(rows: Iterable[tuple[Sequence[int], float | None]]) -> dict[tuple[int, int], float]:
+    """``(out, in) -> measured 2:4 speedup`` (median over token counts) from GEMM probe rows.
 
-    res = ResultsFile.load(Path(path))
-    if res.gemm is None:
-        raise InputError(f"'{path}' holds no GEMM probe rows", fix="pass a file written by `sparse-trt bench gemm`")
+    ``rows`` are ``(shape, speedup)`` of the probe rows that ran (``sparse-trt bench gemm`` results; the
+    caller reads that file, so this stage does not depend on the benchmark package).
+    """
     by_shape: dict[tuple[int, int], list[float]] = {}
-    for row in res.gemm.rows:
-        if row.status == "ok" and row.speedup is not None:
-            by_shape.setdefault((int(row.shape[0]), int(row.shape[1])), []).append(float(row.speedup))
+    for shape, speedup in rows:
+        if speedup is not None:
+            by_shape.setdefault((int(shape[0]), int(shape[1])), []).append(float(speedup))
     return {k: sorted(v)[len(v) // 2] for k, v in by_shape.items()}
 
 
@@ -186,7 +200,8 @@ class PlanRequest:
     fallback: Pattern | None = None  # None: dense
     budget_ppl: float | None = None  # allowed perplexity increase in percent
     keep_dense: int | None = None
-    gemm: Path | None = None
+    gemm_speedups: Mapping[tuple[int, int], float] | None = None  # measured per (out, in) shape; None: uniform
+    gemm_source: str | None = None  # where the speedups came from, for the plan's record
     calib: TextSource = TextSource("wiki")
     eval_data: TextSource = TextSource("wiki")
     nsamples: int = 32
@@ -203,10 +218,8 @@ def make_plan(req: PlanRequest, on_stage: Callable[[str], None] | None = None) -
     from sparse_trt.eval.perplexity import perplexity
     from sparse_trt.models.adapters import all_targets
     from sparse_trt.models.loading import load_model
-
-    from .api import add_bos_for, seqlen_limit
-    from .methods import get_method, parse_options
-    from .sequential import WalkConfig, prune_model
+    from sparse_trt.prune.methods import get_method, parse_options
+    from sparse_trt.prune.sequential import WalkConfig, prune_model
 
     stage = on_stage or (lambda _s: None)
     if (req.budget_ppl is None) == (req.keep_dense is None):
@@ -217,12 +230,12 @@ def make_plan(req: PlanRequest, on_stage: Callable[[str], None] | None = None) -
     check_output_file(req.out, req.overwrite, "plan file", inputs=(req.model,))
     method = get_method(req.method)
     options = parse_options(method, req.options)
-    speedups = gemm_speedups(req.gemm) if req.gemm is not None else None
+    speedups = dict(req.gemm_speedups) if req.gemm_speedups is not None else None
 
     stage(f"loading {req.model}")
     loaded = load_model(req.model, dtype=req.dtype)
     model, adapter = loaded.model, loaded.adapter
-    limit = seqlen_limit(loaded)
+    limit = loaded.context_limit()
     if limit is not None and req.seqlen > limit:
         raise InputError(f"--seqlen {req.seqlen} exceeds the model's context of {limit} tokens", fix=f"use --seqlen {limit} or less")
     targets = all_targets(model, adapter)
@@ -234,7 +247,7 @@ def make_plan(req: PlanRequest, on_stage: Callable[[str], None] | None = None) -
         for p in (req.pattern, req.fallback):
             if p is not None:
                 check_divisible(t.name, t.in_features, p)
-    bos = add_bos_for(loaded)
+    bos = loaded.add_bos()
     calib = calibration_windows(loaded.tokenizer, req.calib, req.nsamples, req.seqlen, req.seed, bos)
     held_out = eval_windows(loaded.tokenizer, req.eval_data, req.seqlen, req.eval_windows, bos)
 
@@ -303,7 +316,7 @@ def make_plan(req: PlanRequest, on_stage: Callable[[str], None] | None = None) -
     details = {
         "options": dict(sorted(req.options.items())),
         "calibration": {"source": req.calib.name, "nsamples": req.nsamples, "seqlen": req.seqlen, "seed": req.seed},
-        "budget": {"ppl_percent": req.budget_ppl, "keep_dense": req.keep_dense, "gemm": None if req.gemm is None else str(req.gemm)},
+        "budget": {"ppl_percent": req.budget_ppl, "keep_dense": req.keep_dense, "gemm": req.gemm_source},
         "estimate": {
             "eval": {"source": req.eval_data.name, "windows": int(held_out.shape[0]), "seqlen": req.seqlen},
             "dense_ppl": round(dense_ppl, 4),

@@ -19,9 +19,9 @@ from sparse_trt.core.lock import output_lock
 from sparse_trt.core.manifest import CalibrationSpec, Manifest
 from sparse_trt.core.patterns import Pattern, Unstructured
 from sparse_trt.data.text import TextSource
-from sparse_trt.data.windows import calibration_windows, tokenizer_adds_bos
+from sparse_trt.data.windows import calibration_windows
 from sparse_trt.models.adapters import Target, all_targets
-from sparse_trt.models.loading import LoadedModel, load_model
+from sparse_trt.models.loading import load_model
 
 from .activations import ActivationStore, plan_walk_activations
 from .methods import get_method, parse_options
@@ -48,6 +48,7 @@ class PruneRequest:
     options: Mapping[str, str] = field(default_factory=dict)
     layer_patterns: Mapping[str, Pattern | None] = field(default_factory=dict)
     plan_source: str | None = None
+    plan_model: str | None = None  # the model the plan was made for, for messages
     resume: bool = False
     overwrite: bool = False
     trust_remote_code: bool = False
@@ -64,26 +65,6 @@ class PruneOutcome:
     out: Path
     manifest: Manifest
     resumed_layers: int
-
-
-def seqlen_limit(loaded: LoadedModel) -> int | None:
-    return loaded.adapter.max_context(loaded.model.config)
-
-
-def add_bos_for(loaded: LoadedModel) -> bool:
-    return loaded.adapter.needs_bos or tokenizer_adds_bos(loaded.tokenizer)
-
-
-def _plan_model(plan_source: str | None) -> str:
-    """`` (made for MODEL)`` when ``plan_source`` is a readable plan file, else ''."""
-    if not plan_source:
-        return ""
-    try:
-        from .plan import load_plan
-
-        return f" (made for {load_plan(plan_source).model_name()})"
-    except InputError:
-        return ""
 
 
 def check_excludes(exclude: tuple[str, ...], targets: list[Target], prefix: str) -> None:
@@ -159,7 +140,7 @@ def _run_prune(req: PruneRequest, progress: ProgressFn | None = None, on_stage=N
     stage(f"loading {req.model}")
     loaded = load_model(req.model, dtype=req.dtype, trust_remote_code=req.trust_remote_code, streaming=req.streaming)
     model, adapter = loaded.model, loaded.adapter
-    limit = seqlen_limit(loaded)
+    limit = loaded.context_limit()
     if limit is not None and req.seqlen > limit:
         raise InputError(
             f"--seqlen {req.seqlen} exceeds the model's context of {limit} tokens", fix=f"use --seqlen {limit} or less"
@@ -173,7 +154,7 @@ def _run_prune(req: PruneRequest, progress: ProgressFn | None = None, on_stage=N
     names = {t.name for t in targets}
     unknown = sorted(set(req.layer_patterns) - {t.name for t in all_targets(model, adapter)})
     if unknown:
-        made_for = _plan_model(req.plan_source)
+        made_for = f" (made for {req.plan_model})" if req.plan_model else ""
         raise InputError(
             f"plan {req.plan_source or ''}{made_for} names linears that {req.model} does not have: {unknown[:5]}",
             fix=f"make the plan for this model with `sparse-trt plan {req.model}`",
@@ -182,7 +163,7 @@ def _run_prune(req: PruneRequest, progress: ProgressFn | None = None, on_stage=N
     excluded = sorted(t.name for t in all_targets(model, adapter) if t.name not in names)
 
     stage(f"tokenising calibration text ({req.calib.name})")
-    calib = calibration_windows(loaded.tokenizer, req.calib, req.nsamples, req.seqlen, req.seed, add_bos_for(loaded))
+    calib = calibration_windows(loaded.tokenizer, req.calib, req.nsamples, req.seqlen, req.seed, loaded.add_bos())
 
     dtype = next(model.parameters()).dtype
     layer0 = adapter.layers(model)[0]
