@@ -168,7 +168,10 @@ def test_no_sparse_kernel_is_diagnosed(ckpt, tmp_path, monkeypatch):
     report = build_engine(BuildRequest(ckpt, tmp_path / "eng"), builder=FAKE)
     assert report.sparsity.picked_count == 0 and report.sparsity.verdict == "dense"
     text = " | ".join(report.diagnosis)
-    assert "slower" in text and "ignores --max-input-len" in text and "--multiple-profiles" in text
+    assert "slower" in text and "every optimization profile" in text
+    one = build_engine(BuildRequest(ckpt, tmp_path / "one", multiple_profiles=False), builder=FAKE)
+    text = " | ".join(one.diagnosis)  # one profile tuned at trtllm-build's default opt_num_tokens = max_batch_size
+    assert one.engine.opt_num_tokens == 8 and "opt_num_tokens = 8 tokens" in text and "ignores --max-input-len" in text
 
 
 def test_failed_build_leaves_nothing(ckpt, tmp_path, monkeypatch):
