@@ -260,8 +260,7 @@ def _tactic_cause(engine: EngineSettings) -> str:
     head = "TensorRT found eligible layers but timed the sparse tactics slower than dense ones at the shapes it optimised for"
     if engine.multiple_profiles:
         return (f"{head}: every optimization profile (token counts up to 64, 128, 256, 512, 1024 and max_num_tokens = "
-                f"{engine.max_num_tokens}). Dense wins at all of them, as is common for small hidden sizes; a larger "
-                "model, or FP8/INT8 weights, give 2:4 more room")
+                f"{engine.max_num_tokens}); dense winning at all of them is common for small hidden sizes")
     opt = engine.opt_num_tokens
     shapes = f"opt_num_tokens = {opt} tokens per forward pass" if opt is not None else "opt_num_tokens"
     return (f"{head}: {shapes} (one optimization profile; by default opt_num_tokens = max_batch_size x max_beam_width, "
