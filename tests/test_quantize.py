@@ -121,6 +121,17 @@ def test_quantize_keeps_weights_and_exports(env, tmp_path, fmt):
         assert t["transformer.layers.0.attention.kv_cache_scaling_factor"].shape == (1,)
         assert t["lm_head.weight"].dtype == torch.float16  # excluded from quantization
 
+    # pipeline parallel: rank 1 holds layer 1 renumbered to 0, with the same quantized tensors and KV scales
+    export_trtllm(out, tmp_path / "one", dtype=torch.float16)
+    export_trtllm(out, tmp_path / "pp", dtype=torch.float16, pp=2)
+    one, pp1 = _read(tmp_path / "one" / "rank0.safetensors"), _read(tmp_path / "pp" / "rank1.safetensors")
+    for name, v in pp1.items():
+        if name.startswith("transformer.layers.0."):
+            w = one[name.replace("layers.0.", "layers.1.")]
+            assert w.dtype == v.dtype and torch.equal(w.view(torch.uint8) if w.element_size() == 1 else w,
+                                                      v.view(torch.uint8) if v.element_size() == 1 else v), name
+    assert "transformer.layers.0.attention.kv_cache_scaling_factor" in pp1
+
 
 def test_simulated_weights_equal_the_exported_ones(env, tmp_path):
     """eval's simulation multiplies with exactly the weights the checkpoint holds (dequantized)."""
