@@ -45,6 +45,18 @@ def register(app: typer.Typer) -> None:
             help="For a folder with quantization.json (from `sparse-trt quantize`): quantize-dequantize weights, "
             "activations and KV cache with its scales, as the FP8 / INT8 engine computes (CPU is enough).",
         ),
+        reference_model: str | None = typer.Option(
+            None, "--reference",
+            help="Also report the mean token KL(reference || model) on the same held-out windows, e.g. against the "
+            "dense model a pruned one came from (recorded as quality.kl).",
+        ),
+        tasks: str | None = typer.Option(
+            None, "--tasks",
+            help="Also run EleutherAI lm-evaluation-harness tasks, comma-separated (e.g. arc_easy,hellaswag); "
+            "needs the lm-eval extra (recorded as quality.tasks).",
+        ),
+        tasks_path: Path | None = typer.Option(None, "--tasks-path", help="Folder of lm-eval task YAML files (local tasks, offline)."),
+        tasks_limit: int | None = typer.Option(None, "--tasks-limit", help="At most this many documents per lm-eval task."),
         verbose: bool = typer.Option(False, "--verbose", "-v", help="Show library logs."),
     ) -> None:
         """Perplexity over non-overlapping held-out windows, with BOS handled per model family.
@@ -94,3 +106,31 @@ def register(app: typer.Typer) -> None:
 
             atomic_write_text(json_path, json.dumps(res.to_dict(), indent=2) + "\n")
             console.print(f"wrote {json_path}")
+        if reference_model is not None:
+            from sparse_trt.eval.api import record_quality
+            from sparse_trt.eval.kl import run_kl
+
+            with progress_bar("KL to the reference") as (prog, task):
+                kl = run_kl(model, reference_model, src, seqlen, max_windows, resolve_device(device), resolve_dtype(dtype),
+                            progress=lambda i, n: prog.update(task, completed=i, total=n), trust_remote_code=trust_remote_code)
+            out.print(f"mean token KL(reference || model) {kl.kl:.4f} nats over {kl.tokens} tokens ({spec}); perplexity "
+                      f"{kl.perplexity:.3f}, reference {kl.reference_perplexity:.3f}", markup=False, highlight=False)
+            if record and record_quality(Path(model), kl, key="kl"):
+                console.print(f"recorded in {Path(model) / MANIFEST_NAME} (quality.kl)", markup=False)
+        if tasks is not None:
+            from rich.markup import escape
+
+            from sparse_trt.eval.api import record_quality
+            from sparse_trt.eval.tasks import run_tasks
+
+            console.print(f"running lm-eval tasks {tasks} ...", markup=False)
+            tr = run_tasks(model, tasks.split(","), resolve_device(device), resolve_dtype(dtype), tasks_path, tasks_limit,
+                           trust_remote_code=trust_remote_code)
+            tt = Table(title=f"lm-eval {tr.lm_eval_version}" + (f" (at most {tr.limit} documents per task)" if tr.limit else ""))
+            for c in ("task", "metric", "value", "stderr"):
+                tt.add_column(c)
+            for sc in tr.scores:
+                tt.add_row(escape(sc.task), sc.metric, f"{sc.value:.4f}", "-" if sc.stderr is None else f"{sc.stderr:.4f}")
+            out.print(tt)
+            if record and record_quality(Path(model), tr, key="tasks"):
+                console.print(f"recorded in {Path(model) / MANIFEST_NAME} (quality.tasks)", markup=False)
