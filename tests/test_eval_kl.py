@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import tiny
 import torch
 
-import tiny
 from sparse_trt.core.errors import InputError, MissingDependencyError
 from sparse_trt.core.manifest import Manifest
 from sparse_trt.core.patterns import parse_pattern
