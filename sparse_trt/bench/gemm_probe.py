@@ -23,7 +23,7 @@ import torch
 from torch.nn import functional as F
 
 from sparse_trt.core.deps import available, require
-from sparse_trt.core.errors import InputError
+from sparse_trt.core.errors import DeviceError, InputError
 
 from .results import GemmResult, GemmRow, OnnxCheck
 from .synth import mask_2of4_
@@ -103,7 +103,10 @@ def probe_torch(shapes: list[Shape], tokens: list[int], dtype: torch.dtype, devi
 
     from .backends.torch_2of4 import semi_structured_class, shape_ok
 
-    cls, kind, _why = semi_structured_class(kernel, device)
+    try:
+        cls, kind, _why = semi_structured_class(kernel, device)
+    except DeviceError as e:  # e.g. --kernel cutlass on sm90, or no cuSPARSELt where it is the only option
+        return _na_rows(shapes, tokens, dtype, "torch", f"not available: {e.message}")
     dn = str(dtype).removeprefix("torch.")
     rows: list[GemmRow] = []
     n = 0
