@@ -129,6 +129,30 @@ def test_gpu_check_exits_at_once_without_a_gpu(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_gpu_check_preflight_names_what_is_missing(tmp_path):
+    """With a GPU listed but no CUDA torch it stops at once; with CUDA but no CLI dependencies it names them."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).parent.parent / "benchmarks" / "gpu_check.sh"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "nvidia-smi").write_text("#!/bin/sh\necho 'GPU 0: NVIDIA H100 80GB HBM3'\n")
+    (bin_dir / "nvidia-smi").chmod(0o755)
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", GPU_CHECK_NO_INSTALL="1")
+    r = subprocess.run(["bash", str(script), str(tmp_path / "a")], capture_output=True, text=True, env=env, timeout=120)
+    if r.returncode == 2:  # this machine's torch has no CUDA
+        assert "no CUDA torch" in r.stderr
+    # a Python whose torch sees CUDA but that lacks typer (stands in for a bare torch-only image)
+    fake_py = bin_dir / "fakepy"
+    fake_py.write_text("#!/bin/sh\ncase \"$2\" in *typer*) exit 1;; esac\nexit 0\n")
+    fake_py.chmod(0o755)
+    r = subprocess.run(["bash", str(script), str(tmp_path / "b")], capture_output=True, text=True,
+                       env=dict(env, PYTHON=str(fake_py)), timeout=120)
+    assert r.returncode == 3 and "needs typer" in r.stderr and "pip install" in r.stderr
+
+
 def test_report_cli_has_no_plots_flag():
     from typer.testing import CliRunner
 
