@@ -180,6 +180,23 @@ def signal_in_second_layer(sig: int) -> Callable[[Path, dict], None]:
     return setup
 
 
+def fail_in_second_layer(t: Path, w: dict) -> None:
+    """A failure that is not an interruption, after the first layer's progress was saved."""
+    from sparse_trt.core.errors import NumericalError
+    from sparse_trt.prune import sequential
+
+    real, calls = sequential.prune_layer, {"n": 0}
+
+    def failing(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise NumericalError("Hessian of layer 1 is not positive definite (injected)", fix="raise damp")
+        return real(*a, **k)
+
+    w["_restore"] = lambda: setattr(sequential, "prune_layer", real)
+    sequential.prune_layer = failing
+
+
 def hold_lock(t: Path, w: dict) -> None:
     """Another process holds the lock on {t}/o (as a running prune would)."""
     code = ("import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
@@ -272,23 +289,24 @@ ROWS = [
         exists=("m/config.json",), setup=model_copy()),
     Row("overwrite-parent-of-input", P("--overwrite", src="{t}/models/m", out="{t}/models"), 2,
         "contains this command's input", exists=("models/m/config.json",), setup=nested_input),
-    Row("overwrite-empty-folder", P("--overwrite"), 0, "pruned 14 linears", exists=("o/sparsity.json", "o/.sparse_trt"),
+    Row("overwrite-empty-folder", P("--overwrite", "--method", "magnitude"), 0, "pruned 14 linears", exists=("o/sparsity.json", "o/.sparse_trt"),
         absent=(".o.partial", ".o.lock"), setup=lambda t, w: (t / "o").mkdir()),
     Row("overwrite-own-output", P("--overwrite", "--method", "magnitude"), 0, "pruned 14 linears",
         exists=("o/sparsity.json",), absent=("o/keep.txt", ".o.partial"), setup=copy_pruned("o")),
-    Row("nested-new-out", P(out="{t}/a/b/o"), 0, "pruned 14 linears", exists=("a/b/o/sparsity.json",),
+    Row("nested-new-out", P("--method", "magnitude", out="{t}/a/b/o"), 0, "pruned 14 linears", exists=("a/b/o/sparsity.json",),
         absent=("a/b/.o.lock", "a/b/.o.partial")),
     Row("locked-by-other-run", P(), 2, "is being written by another sparse-trt run (PID", absent=("o", ".o.partial"),
         setup=hold_lock),
-    Row("stale-tmp-named", P(), 0, "left by an earlier run that was killed", exists=("o/sparsity.json", ".o.tmp-dead1"),
+    Row("stale-tmp-named", P("--method", "magnitude"), 0, "left by an earlier run that was killed", exists=("o/sparsity.json", ".o.tmp-dead1"),
         setup=stale_tmp),
-    Row("stale-tmp-removed", P("--overwrite"), 0, "removing", exists=("o/sparsity.json",), absent=(".o.tmp-dead1",),
+    Row("stale-tmp-removed", P("--overwrite", "--method", "magnitude"), 0, "removing", exists=("o/sparsity.json",), absent=(".o.tmp-dead1",),
         setup=stale_tmp),
     # ---- prune: interruption and resume
     Row("ctrl-c-keeps-progress", P(), 130, "--resume", exists=(".o.partial/state.json",), absent=("o", ".o.lock"),
         setup=signal_in_second_layer(signal.SIGINT)),
     Row("sigterm-keeps-progress", P(), 143, "terminated", exists=(".o.partial/state.json",), absent=("o", ".o.lock"),
         setup=signal_in_second_layer(signal.SIGTERM)),
+    Row("failure-cleans-progress", P(), 5, "injected", absent=("o", ".o.partial", ".o.lock"), setup=fail_in_second_layer),
     Row("partial-without-resume", P(src="{t}/m"), 2, "an interrupted run left progress", exists=(".o.partial",),
         absent=("o",), setup=interrupted_run()),
     Row("resume-model-changed", P("--resume", src="{t}/m"), 2, "the model's files changed", exists=(".o.partial",),
@@ -445,6 +463,28 @@ def test_outputs_follow_the_umask(ws, tmp_path, monkeypatch):
         assert res.exit_code == 0, res.output
         assert (t / "ppl.json").stat().st_mode & 0o777 == 0o644
         assert (t / "o" / "sparsity.json").stat().st_mode & 0o777 == 0o644
+    finally:
+        os.umask(old)
+
+
+def test_atomic_writes_follow_any_umask(tmp_path):
+    """Temp files (mkstemp: 0600) and folders (mkdtemp: 0700) get the umask's modes before the rename."""
+    from sparse_trt.core.atomic import atomic_output_dir, atomic_write_text
+
+    old = os.umask(0o027)
+    try:
+        atomic_write_text(tmp_path / "a.json", "{}")
+        with atomic_output_dir(tmp_path / "d") as tmp:
+            fd = os.open(tmp / "w.safetensors", os.O_CREAT | os.O_WRONLY, 0o600)
+            os.close(fd)
+            (tmp / "sub").mkdir(mode=0o700)
+        assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o640
+        assert (tmp_path / "d" / "w.safetensors").stat().st_mode & 0o777 == 0o640
+        assert (tmp_path / "d").stat().st_mode & 0o777 == 0o750
+        assert (tmp_path / "d" / "sub").stat().st_mode & 0o777 == 0o750
+        os.chmod(tmp_path / "a.json", 0o600)  # an existing file keeps the mode its owner gave it
+        atomic_write_text(tmp_path / "a.json", "[]")
+        assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o600
     finally:
         os.umask(old)
 

@@ -73,7 +73,10 @@ def protected_reason(path: Path) -> str | None:
     with contextlib.suppress(RuntimeError, KeyError):
         if p == Path.home().resolve():
             return "your home folder"
-    cwd = Path.cwd().resolve()
+    try:
+        cwd = Path.cwd().resolve()
+    except OSError:  # the working folder was deleted
+        return None
     if p == cwd:
         return "the working folder"
     if p in cwd.parents:
