@@ -105,6 +105,8 @@ def test_recover_writes_verified_folder_and_resume_is_bit_identical(pruned_llama
     assert rec is not None and rec.steps == 6 and rec.tokens == 6 * 2 * 32 and rec.teacher == str(teacher)
     assert rec.heldout["after"]["kl"] < rec.heldout["before"]["kl"]
     assert m.quality["perplexity"]["perplexity"] == pytest.approx(rec.heldout["after"]["perplexity"])
+    assert m.quality["kl"]["kl"] == rec.heldout["after"]["kl"] and m.quality["kl"]["reference"] == str(teacher)
+    assert m.quality["dense_perplexity"]["perplexity"] == pytest.approx(rec.heldout["teacher_perplexity"])
     assert not (tmp_path / ".full.recover").exists()
 
     calls = {"n": 0}

@@ -32,6 +32,7 @@ def register(app: typer.Typer) -> None:
         eval_every: int = typer.Option(0, "--eval-every", help="Also measure held-out perplexity and KL every K optimizer steps (the curve in sparsity.json)."),
         checkpoint_every: int = typer.Option(0, "--checkpoint-every", help="Write an atomic checkpoint every K optimizer steps (0: none), for --resume."),
         seed: int = typer.Option(0, "--seed", help="Seed for window sampling and order."),
+        grad_checkpointing: bool = typer.Option(True, "--gradient-checkpointing/--no-gradient-checkpointing", help="Recompute activations in the backward pass (less memory, ~25% more compute)."),
         device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N (student and teacher both live there)."),
         dtype: str = typer.Option("auto", "--dtype", help="Compute precision: auto (bfloat16 autocast on a CUDA GPU that supports it, else float32), float32, bfloat16, float16 (autocast; weights stay float32)."),
         resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from its last checkpoint (bit-identical result)."),
@@ -58,7 +59,7 @@ def register(app: typer.Typer) -> None:
         settings = TrainSettings(
             tokens=tokens, seqlen=seqlen, batch=batch, grad_accum=grad_accum, lr=lr, warmup=warmup,
             weight_decay=weight_decay, temperature=temperature, hidden_loss_weight=hidden_loss_weight,
-            checkpoint_every=checkpoint_every, eval_every=eval_every, seed=seed,
+            checkpoint_every=checkpoint_every, eval_every=eval_every, seed=seed, gradient_checkpointing=grad_checkpointing,
         )
         req = RecoverRequest(
             pruned=pruned, out=out, teacher=teacher, settings=settings, data=parse_source(data),

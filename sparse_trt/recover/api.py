@@ -28,7 +28,7 @@ from sparse_trt.core.errors import InputError, InterruptedRun, VerificationError
 from sparse_trt.core.manifest import Manifest, RecoveryRecord
 from sparse_trt.data.text import TextSource
 from sparse_trt.data.windows import calibration_windows, eval_windows, tokenizer_adds_bos
-from sparse_trt.eval.kl import check_same_vocabulary, compare_to_reference
+from sparse_trt.eval.kl import KLResult, check_same_vocabulary, compare_to_reference
 from sparse_trt.eval.perplexity import PerplexityResult
 from sparse_trt.models.loading import LoadedModel, load_model
 from sparse_trt.prune.verify import check_weight, verify_dir
@@ -227,12 +227,16 @@ def run_recover(
         dataclasses.replace(r, sparsity=float((modules[r.name].weight == 0).float().mean())) if r.name in modules else r
         for r in manifest.layers
     )
-    quality: dict[str, Any] = {}
+    quality: dict[str, Any] = {}  # the one-shot figures no longer describe these weights
     if held is not None and after:
+        n, toks = int(held.shape[0]), int(held.shape[0]) * (s.seqlen - 1)
+        ppl, t_ppl = after["perplexity"], after["teacher_perplexity"]
         quality["perplexity"] = PerplexityResult(
-            str(req.out), req.eval_data.name, s.seqlen, int(held.shape[0]), int(held.shape[0]) * (s.seqlen - 1),
-            math.log(after["perplexity"]), after["perplexity"], bos,
-        ).to_dict()
+            str(req.out), req.eval_data.name, s.seqlen, n, toks, math.log(ppl), ppl, bos).to_dict()
+        quality["dense_perplexity"] = PerplexityResult(
+            req.teacher, req.eval_data.name, s.seqlen, n, toks, math.log(t_ppl), t_ppl, bos).to_dict()
+        quality["kl"] = KLResult(str(req.out), req.teacher, req.eval_data.name, s.seqlen, n, toks, after["kl"],
+                                 math.log(ppl), ppl, math.log(t_ppl), t_ppl, bos).to_dict()
     new_manifest = dataclasses.replace(
         manifest,
         version=sparse_trt.__version__,
