@@ -89,3 +89,14 @@ def test_help_does_not_import_torch():
     code = "import sys; from sparse_trt.cli.main import app; assert 'torch' not in sys.modules, 'torch imported'"
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-2000:]
+
+
+def test_method_list_in_help_matches_the_registry():
+    import re
+
+    from sparse_trt.cli.prune import METHODS_HELP
+    from sparse_trt.prune.methods import method_names
+
+    listed = set(re.findall(r"(?:^|, )([a-z][a-z0-9-]*)", re.sub(r"\([^)]*\)", "", METHODS_HELP)))
+    assert listed == set(method_names()), (listed, method_names())
+    assert re.search(r"\bsparsegpt \(default\)", METHODS_HELP)

@@ -8,12 +8,9 @@ from pathlib import Path
 import typer
 
 from sparse_trt.core.errors import InputError
-from sparse_trt.core.patterns import parse_pattern
-from sparse_trt.data.text import parse_source
-from sparse_trt.prune.methods import method_names
 
 from .common import console, handle_errors, out, progress_bar, setup_logging
-from .options import resolve_device, resolve_dtype
+from .prune import METHODS_HELP
 
 
 def parse_budget(text: str) -> float:
@@ -36,7 +33,7 @@ def register(app: typer.Typer) -> None:
         out_path: Path = typer.Option(..., "-o", "--out", help="Plan file to write (JSON), for `sparse-trt prune --plan`."),
         budget_ppl: str | None = typer.Option(None, "--budget-ppl", help="Allowed perplexity increase over dense, e.g. +5%."),
         keep_dense: int | None = typer.Option(None, "--keep-dense", help="Send exactly this many linears to the fallback."),
-        method: str = typer.Option("sparsegpt", "--method", "-m", help=f"Pruning method: {', '.join(method_names())}."),
+        method: str = typer.Option("sparsegpt", "--method", "-m", help=f"Pruning method: {METHODS_HELP}."),
         pattern: str = typer.Option("2:4", "--pattern", "-p", help="Pattern of the linears that stay sparse."),
         fallback: str = typer.Option("dense", "--fallback", help="'dense' or a gentler pattern such as 4:8 for the sensitive linears."),
         gemm: Path | None = typer.Option(None, "--gemm", help="`sparse-trt bench gemm` results: weigh linears by their measured speedup."),
@@ -52,8 +49,11 @@ def register(app: typer.Typer) -> None:
         verbose: bool = typer.Option(False, "--verbose", "-v", help="Show library logs."),
     ) -> None:
         """Measure per-linear damage and write a plan that meets a perplexity budget with the most speed kept."""
+        from sparse_trt.core.patterns import parse_pattern
+        from sparse_trt.data.text import parse_source
         from sparse_trt.plan import PlanRequest, gemm_speedups, make_plan
 
+        from .options import resolve_device, resolve_dtype
         from .prune import method_options
 
         setup_logging(verbose)

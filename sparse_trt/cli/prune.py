@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
-from sparse_trt.core.patterns import parse_pattern
-from sparse_trt.data.text import parse_source
-from sparse_trt.prune.api import PruneOutcome, PruneRequest, run_prune
-from sparse_trt.prune.methods import get_method, method_names
-
 from .common import console, handle_errors, parse_kv, progress_bar, setup_logging
-from .options import resolve_device, resolve_dtype
+
+if TYPE_CHECKING:
+    from sparse_trt.prune.api import PruneOutcome, PruneRequest
+
+#: The registered methods, for help texts (kept equal to prune.methods.method_names() by a test: the CLI
+#: answers --help without importing torch).
+METHODS_HELP = "sparsegpt (default), sparsegpt-block (best quality, ~2x the time), sparsegpt-refit, wanda, magnitude"
 
 
 def summary_table(outcome: PruneOutcome) -> Table:
@@ -54,6 +56,8 @@ def method_options(opt: list[str]) -> dict[str, str]:
 
 
 def prune_with_progress(req: PruneRequest) -> PruneOutcome:
+    from sparse_trt.prune.api import run_prune
+
     with progress_bar("pruning layers") as (prog, task):
 
         def stage(s: str) -> None:
@@ -73,7 +77,7 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(..., "-o", "--out", help="Output folder (HF checkpoint + sparsity.json), written atomically."),
         method: str | None = typer.Option(
             None, "--method", "-m", show_default=False,
-            help=f"Pruning method: {', '.join(method_names())}. Default: the plan's method (and --opt values) with --plan, else sparsegpt.",
+            help=f"Pruning method: {METHODS_HELP}. With --plan the default is the plan's method (and its --opt values).",
         ),
         pattern: str = typer.Option("2:4", "--pattern", "-p", help="N:M (at most N non-zeros per M inputs, e.g. 2:4, 4:8) or a fraction in (0,1) for unstructured per-row sparsity."),
         calib: str = typer.Option("wiki", "--calib", help="Calibration text: 'wiki' (built-in corpus), FILE.txt, or FILE.jsonl with a 'text' field."),
@@ -92,6 +96,13 @@ def register(app: typer.Typer) -> None:
         verbose: bool = typer.Option(False, "--verbose", "-v", help="Show library logs."),
     ) -> None:
         """Prune MODEL one decoder layer at a time and write a pruned HF checkpoint with sparsity.json."""
+        from sparse_trt.core.patterns import parse_pattern
+        from sparse_trt.data.text import parse_source
+        from sparse_trt.prune.api import PruneRequest
+        from sparse_trt.prune.methods import get_method
+
+        from .options import resolve_device, resolve_dtype
+
         setup_logging(verbose)
         layer_patterns: dict = {}
         plan_source = plan_model = None

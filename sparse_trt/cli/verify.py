@@ -9,8 +9,6 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from sparse_trt.prune.verify import verify_dir
-
 from .common import console, handle_errors, out
 
 
@@ -27,6 +25,8 @@ def register(app: typer.Typer) -> None:
 
         Exit 3 when the manifest does not cover the model, 4 when a weight breaks its pattern.
         """
+        from sparse_trt.prune.verify import verify_dir
+
         report = verify_dir(directory, trust_remote_code)
         if as_json:
             out.print_json(json.dumps(report.to_dict()))
