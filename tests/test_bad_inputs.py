@@ -94,6 +94,13 @@ def break_pattern(t: Path, w: dict) -> None:
     save_file(sd, str(t / "p" / "model.safetensors"), metadata={"format": "pt"})
 
 
+def drop_weight(t: Path, w: dict) -> None:
+    copy_pruned()(t, w)
+    sd = load_file(str(t / "p" / "model.safetensors"))
+    del sd["model.layers.0.mlp.gate_proj.weight"]
+    save_file(sd, str(t / "p" / "model.safetensors"), metadata={"format": "pt"})
+
+
 def truncate_weights(t: Path, w: dict) -> None:
     copy_pruned()(t, w)
     f = t / "p" / "model.safetensors"
@@ -338,6 +345,12 @@ ROWS = [
     Row("verify-schema-version", ["verify", "{t}/p"], 3, "schema_version", setup=edit_manifest(lambda d: d.update(schema_version=99))),
     Row("verify-truncated-weights", ["verify", "{t}/p"], 3, "unreadable", setup=truncate_weights),
     Row("verify-violation", ["verify", "{t}/p"], 4, "violate their pattern", setup=break_pattern),
+    Row("verify-violation-json", ["verify", "{t}/p", "--json"], 4, '"ok": false', setup=break_pattern),
+    Row("verify-in-dim-wrong", ["verify", "{t}/p"], 3, "disagree with the weights",
+        setup=edit_manifest(lambda d: d["layers"][2].update(in_dim=0))),
+    Row("verify-shape-wrong", ["verify", "{t}/p"], 3, "shape (64, 64) != manifest (64, 32)",
+        setup=edit_manifest(lambda d: d["layers"][0].update(shape=[64, 32]))),
+    Row("verify-weight-missing", ["verify", "{t}/p"], 3, "weight missing from the checkpoint", setup=drop_weight),
     # ---- eval: outputs and inputs checked before any work
     Row("eval-max-windows-0", ["eval", "{pruned}", "--max-windows", "0", "--device", "cpu"], 2, "--max-windows 0"),
     Row("eval-json-dir", ["eval", "{pruned}", "--json", "{t}/d", "--device", "cpu"], 2, "is a folder",

@@ -42,12 +42,13 @@ class VerifyReport:
     layers: tuple[LayerCheck, ...]
     uncovered: tuple[str, ...] = ()  # target linears of the model the manifest does not account for
     unknown: tuple[str, ...] = ()  # manifest entries that are not target linears of the model
+    inconsistent: tuple[str, ...] = ()  # entries whose weight is missing or whose shape / input dim disagree
     pruned: int = 0  # linears the manifest says carry a pattern
     excluded: int = 0
 
     @property
     def covered(self) -> bool:
-        return not self.uncovered and not self.unknown and self.pruned > 0
+        return not self.uncovered and not self.unknown and not self.inconsistent and self.pruned > 0
 
     @property
     def ok(self) -> bool:
@@ -67,8 +68,11 @@ class VerifyReport:
         """ManifestError (exit 3) when the manifest does not cover the model; VerificationError (exit 4)
         when a weight breaks its pattern."""
         fix = f"re-run `sparse-trt prune` to write '{self.directory}' again"
-        if self.uncovered or self.unknown:
+        if self.uncovered or self.unknown or self.inconsistent:
             parts = []
+            if self.inconsistent:
+                bad = next(c for c in self.layers if c.name == self.inconsistent[0])
+                parts.append(f"{len(self.inconsistent)} of its entries disagree with the weights (e.g. {bad.name}: {bad.problem})")
             if self.uncovered:
                 parts.append(f"{len(self.uncovered)} target linear(s) are missing from it (e.g. {self.uncovered[0]})")
             if self.unknown:
@@ -152,6 +156,7 @@ def verify_dir(directory: Path, trust_remote_code: bool = False) -> VerifyReport
     listed = {r.name for r in manifest.layers} | set(manifest.excluded)
     uncovered = tuple(n for n in targets if n not in listed)
     unknown = tuple(sorted(listed - set(targets)))
+    inconsistent: list[str] = []
     try:
         for name in uncovered:
             f = files.get(f"{name}.weight")
@@ -167,10 +172,12 @@ def verify_dir(directory: Path, trust_remote_code: bool = False) -> VerifyReport
             if rec.in_dim != targets[rec.name]:
                 checks.append(LayerCheck(rec.name, rec.pattern, 0.0, 0, False,
                                          f"manifest in_dim {rec.in_dim}, but the model's input dim is {targets[rec.name]}"))
+                inconsistent.append(rec.name)
                 continue
             key = f"{rec.name}.weight"
             if key not in files:
                 checks.append(LayerCheck(rec.name, rec.pattern, 0.0, 0, False, "weight missing from the checkpoint"))
+                inconsistent.append(rec.name)
                 continue
             f = files[key]
             if f not in handles:
@@ -178,9 +185,10 @@ def verify_dir(directory: Path, trust_remote_code: bool = False) -> VerifyReport
             w = handles[f].get_tensor(key)  # type: ignore[attr-defined]
             if tuple(w.shape) != tuple(rec.shape):
                 checks.append(LayerCheck(rec.name, rec.pattern, 0.0, 0, False, f"shape {tuple(w.shape)} != manifest {tuple(rec.shape)}"))
+                inconsistent.append(rec.name)
                 continue
             checks.append(check_weight(rec.name, w, rec.pattern, rec.in_dim))
     except (OSError, RuntimeError, SafetensorError) as e:
         raise ManifestError(f"weights in '{directory}' are unreadable ({e})", fix="re-run `sparse-trt prune`") from None
-    return VerifyReport(str(directory), manifest.method, manifest.pattern, tuple(checks), uncovered, unknown,
+    return VerifyReport(str(directory), manifest.method, manifest.pattern, tuple(checks), uncovered, unknown, tuple(inconsistent),
                         pruned=sum(r.pattern is not None for r in manifest.layers), excluded=len(manifest.excluded))
