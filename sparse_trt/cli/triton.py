@@ -161,7 +161,9 @@ def register(app: typer.Typer) -> None:
             tail = "\n".join(srv.log_tail(15))
             console.print(f"[red]tritonserver exited on its own (code {code})[/]; last log lines:\n{tail}",
                           markup=True, highlight=False)
-            raise typer.Exit(1)
+            from sparse_trt.serve.triton.errors import TritonServerError
+
+            raise TritonServerError(f"tritonserver exited on its own (code {code})", fix="see its last log lines above")
         except (KeyboardInterrupt, _Term):
             console.print(f"stopping: draining in-flight requests (up to {exit_timeout}s)...")
             signal.signal(signal.SIGINT, signal.SIG_IGN)
