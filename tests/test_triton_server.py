@@ -1,17 +1,26 @@
 """Real tritonserver processes on CPU (loopback, free ports, always torn down).
 
 One shared server serves two repositories at once: the PyTorch-backend repository of a tiny LLaMA
-(entry ``ensemble``) and a ``tensorrtllm`` repository named ``trt`` whose tensorrt_llm model is swapped
-for a Python stand-in (TensorRT-LLM needs a GPU), so our preprocessing/postprocessing models and the
+(entry ``ensemble``; one slot, and a context of 8192 positions so that a request nobody cancels runs
+for long), and a ``tensorrtllm`` repository named ``trt`` whose tensorrt_llm model is swapped
+for a Python stand-in (TensorRT-LLM needs a GPU) that behaves as the real backend does where we rely
+on it: one response per token when streaming, and a ``stop`` request with a request id cancels that
+request (the backend's handleStopRequest). So our preprocessing/postprocessing/BLS models and the
 ensemble wiring run for real.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import signal
+import subprocess
+import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -20,7 +29,7 @@ pytest.importorskip("tritonclient.grpc", reason="tritonclient not installed (pip
 
 from sparse_trt.serve.triton import client as C  # noqa: E402
 from sparse_trt.serve.triton import pbtxt  # noqa: E402
-from sparse_trt.serve.triton.errors import ModelLoadFailed, TritonNotFoundError  # noqa: E402
+from sparse_trt.serve.triton.errors import ModelLoadFailed, TritonClientError, TritonNotFoundError  # noqa: E402
 from sparse_trt.serve.triton.repo import build_pytorch_repo, build_trtllm_repo  # noqa: E402
 from sparse_trt.serve.triton.server import SHM_DIR, TritonServer, find_tritonserver, free_port  # noqa: E402
 
@@ -45,8 +54,12 @@ def _ports() -> dict[str, int]:
 
 
 # A stand-in for the tensorrt_llm model with its inputs/outputs: "generates" by cycling through the
-# prompt's ids, one token per response when streaming, and stops at end_id unless it is -1.
+# prompt's ids, one token per response when streaming (a few ms apart), stops at end_id unless it is -1,
+# runs one request at a time (one slot), and cancels a request when it gets `stop` with that request's id.
 MOCK_TRTLLM = '''
+import threading
+import time
+
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
@@ -57,15 +70,38 @@ def _get(r, name, default=None):
 
 
 class TritonPythonModel:
+    def initialize(self, args):
+        self.slot = threading.Semaphore(1)
+        self.stops = {}
+        self.lock = threading.Lock()
+
     def execute(self, requests):
         for r in requests:
             s = r.get_response_sender()
+            if bool(_get(r, "stop", [False])[0]):
+                with self.lock:
+                    ev = self.stops.get(r.request_id())
+                if ev is not None:
+                    ev.set()
+                s.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+                continue
+            ev = threading.Event()
+            with self.lock:
+                self.stops[r.request_id()] = ev
+            threading.Thread(target=self.run, args=(r, s, ev), daemon=True).start()
+        return None
+
+    def run(self, r, s, stopped):
+        with self.slot:
             ids = _get(r, "input_ids")[: int(_get(r, "input_lengths")[0])]
             n = int(_get(r, "request_output_len")[0])
             end = int(_get(r, "end_id", [-1])[0])
             stream = bool(_get(r, "streaming", [False])[0])
             toks = []
             for i in range(n):
+                if stopped.is_set() or s.is_cancelled():
+                    break
+                time.sleep(0.004)
                 tok = int(ids[i % len(ids)])
                 toks.append(tok)
                 if stream:
@@ -74,14 +110,13 @@ class TritonPythonModel:
                         pb_utils.Tensor("sequence_length", np.array([[1]], dtype=np.int32))]))
                 if tok == end:
                     break
-            if stream:
-                s.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
-            else:
-                s.send(pb_utils.InferenceResponse([
-                    pb_utils.Tensor("output_ids", np.array([[toks]], dtype=np.int32)),
-                    pb_utils.Tensor("sequence_length", np.array([[len(toks)]], dtype=np.int32))]),
-                    flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
-        return None
+        if stream:
+            s.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        else:
+            s.send(pb_utils.InferenceResponse([
+                pb_utils.Tensor("output_ids", np.array([[toks]], dtype=np.int32)),
+                pb_utils.Tensor("sequence_length", np.array([[len(toks)]], dtype=np.int32))]),
+                flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
 '''
 
 
@@ -89,7 +124,8 @@ def mock_trtllm_repo(root: Path, tokenizer: Path) -> Path:
     eng = root / "engine"
     eng.mkdir(parents=True)
     (eng / "config.json").write_text(json.dumps({"pretrained_config": {"mapping": {"world_size": 1}},
-                                                 "build_config": {"max_batch_size": 8}}))
+                                                 "build_config": {"max_batch_size": 8, "max_seq_len": 8192,
+                                                                  "max_input_len": 256}}))
     (eng / "rank0.engine").write_bytes(b"\0")
     res = build_trtllm_repo(eng, tokenizer, root / "trt_repo", name="trt", max_batch_size=4)
     d = res.path / "trt_tensorrt_llm"
@@ -123,11 +159,22 @@ def reference(llama):
     return tok, greedy
 
 
+def long_context_copy(model_dir: Path, dst: Path, positions: int = 8192) -> Path:
+    """The same tiny model with room for long generations (so a request that is not cancelled runs for long)."""
+    shutil.copytree(model_dir, dst)
+    cfg = json.loads((dst / "config.json").read_text())
+    cfg["max_position_embeddings"] = positions
+    (dst / "config.json").write_text(json.dumps(cfg))
+    return dst
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, llama):
     install = _install()
     root = tmp_path_factory.mktemp("triton")
-    pt = build_pytorch_repo(llama, root / "pt_repo", device="cpu", max_batch_size=4).path
+    # one slot: a cancelled request must free it for the next one (long context: same weights, same outputs)
+    pt = build_pytorch_repo(long_context_copy(llama, root / "long"), root / "pt_repo", device="cpu",
+                            max_batch_size=1).path
     trt = mock_trtllm_repo(root, llama)
     srv = TritonServer([pt, trt], install=install, log_file=root / "server.log", **_ports())
     try:
@@ -138,9 +185,9 @@ def server(tmp_path_factory, llama):
         assert not list(SHM_DIR.glob(f"{srv.shm_prefix}*")), "shared-memory files left behind"
 
 
-def test_both_repositories_loaded(server):
-    assert {"ensemble", "pytorch_llm", "trt", "trt_preprocessing", "trt_tensorrt_llm",
-            "trt_postprocessing"} <= set(server.models_ready)
+def test_all_repositories_loaded(server):
+    assert {"ensemble", "trt", "trt_preprocessing", "trt_tensorrt_llm", "trt_postprocessing",
+            "trt_tensorrt_llm_bls"} <= set(server.models_ready)
 
 
 def test_stream_matches_generate_token_for_token(server, reference):
@@ -186,14 +233,14 @@ def test_concurrent_streams(server, reference):
     assert all(r.output_tokens == 10 for r in res.results)
     s = res.summary()
     assert s["output_tokens"] == 100 and s["throughput_tok_s"] > 0 and s["ttft_s"]["p50"] > 0
-    # greedy: the same prompt gives the same text, whatever runs beside it
+    # greedy: the same prompt gives the same text, whatever ran before it
     single = C.generate_stream(server.grpc_url, prompts[0], C.SamplingParams(max_tokens=10, ignore_eos=True))
     assert res.results[0].text == res.results[5].text == single.text
 
 
 def test_bad_request_is_answered_not_fatal(server):
-    r = C.generate_stream(server.grpc_url, PROMPT, C.SamplingParams(max_tokens=0))
-    assert r.error and "max_tokens" in r.error
+    status, text = _post(server, "ensemble", {"text_input": PROMPT, "max_tokens": 0})
+    assert status == 400 and "max_tokens must be at least 1" in text
     assert C.generate_stream(server.grpc_url, PROMPT, C.SamplingParams(max_tokens=2)).ok
 
 
@@ -218,13 +265,13 @@ def test_trtllm_ensemble_wiring_runs(server, llama):
 def test_model_that_fails_to_load_reports_reason(tmp_path, llama):
     install = _install()
     repo = build_pytorch_repo(llama, tmp_path / "repo", device="cpu").path
-    cfg = pbtxt.read_config(repo / "pytorch_llm" / "config.pbtxt")
+    cfg = pbtxt.read_config(repo / "ensemble" / "config.pbtxt")
     cfg.parameters["model_dir"].string_value = str(tmp_path / "gone")
-    pbtxt.write_config(repo / "pytorch_llm", cfg)
+    pbtxt.write_config(repo / "ensemble", cfg)
     srv = TritonServer([repo], install=install, **_ports())
     with pytest.raises(ModelLoadFailed) as e:
         srv.start(timeout_s=240)
-    assert "pytorch_llm" in e.value.message and "gone" in e.value.message
+    assert "ensemble" in e.value.message and "gone" in e.value.message
     assert srv.proc is not None and srv.proc.poll() is not None
     assert not list(SHM_DIR.glob(f"{srv.shm_prefix}*"))
 
@@ -245,6 +292,11 @@ def test_sigterm_drains_in_flight_streams(tmp_path, llama):
             time.sleep(0.02)
         t_sig = time.perf_counter()
         srv.signal(signal.SIGTERM)
+        # while it drains, new requests are refused (HTTP by our front: 503; gRPC by the server or the model)
+        status, body = _post(srv, "ensemble", {"text_input": PROMPT, "max_tokens": 2})
+        assert status == 503 and "shutting down" in body
+        late = C.generate_stream(srv.grpc_url, PROMPT, C.SamplingParams(max_tokens=2), timeout_s=30)
+        assert not late.ok and late.output_tokens == 0
         th.join(120)
         code = srv.wait(60)
         r = results["r"]
@@ -259,10 +311,8 @@ def test_sigterm_drains_in_flight_streams(tmp_path, llama):
 
 def _has_started(srv: TritonServer) -> bool:
     """True once the pytorch model reports generation activity (the request is in flight)."""
-    import urllib.request
-
     try:
-        with urllib.request.urlopen(f"http://{srv.http_url}/v2/models/pytorch_llm/stats", timeout=1) as r:
+        with urllib.request.urlopen(f"http://{srv.http_url}/v2/models/ensemble/stats", timeout=1) as r:
             stats = json.loads(r.read())
         return any(m.get("execution_count", 0) > 0 for m in stats.get("model_stats", []))
     except Exception:  # noqa: BLE001
@@ -303,3 +353,179 @@ def test_bench_compare_two_models_one_server(server, llama, tmp_path):
     ])
     assert r.exit_code == 0, r.output
     assert out.is_file() and json.loads(out.read_text())
+
+
+# ------------------------------------------------------------------------------ hostile and cancelling clients
+def _post(srv: TritonServer, model: str, body, endpoint: str = "generate") -> tuple[int, str]:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    req = urllib.request.Request(f"http://{srv.http_url}/v2/models/{model}/{endpoint}", data=data, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def test_malformed_and_empty_requests_get_400(server):
+    for model in ("ensemble", "trt", "trt_tensorrt_llm_bls"):
+        for body in (b'{"text_input": "x", "max_tokens": 4', b"not json", b"[1, 2]"):
+            status, text = _post(server, model, body)
+            assert status == 400, (model, body, status, text)
+            assert "JSON" in text
+        status, text = _post(server, model, {"text_input": "x", "max_tokens": "abc"})
+        assert status == 400 and "max_tokens" in text and "whole number" in text
+        status, text = _post(server, model, {"text_input": "", "max_tokens": 4})
+        assert status == 400 and "text_input is empty" in text, (model, text)
+    status, text = _post(server, "ensemble", b"{}", "generate_stream")
+    assert status == 400  # required inputs missing: Triton's own 400
+    assert _post(server, "ensemble", {"text_input": PROMPT, "max_tokens": 2})[0] == 200  # still serving
+
+
+def test_wrapped_or_oversized_max_tokens_refused(server):
+    # 4294967297 wraps to 1 in int32 and 99999999999 to 1215752191: the entry models take INT64 and refuse both
+    for model, room in (("ensemble", "8192 positions"), ("trt", "max_seq_len 8192"),
+                        ("trt_tensorrt_llm_bls", "max_seq_len 8192")):
+        for n in (4294967297, 99999999999, 10**6):
+            for endpoint in ("generate", "generate_stream"):
+                status, text = _post(server, model, {"text_input": PROMPT, "max_tokens": n}, endpoint)
+                assert status == 400, (model, n, endpoint, status, text)
+                assert f"max_tokens {n} exceeds the room left" in text and room in text
+        status, text = _post(server, model, {"text_input": PROMPT, "max_tokens": 0})
+        assert status == 400 and "at least 1" in text
+    # the client: an out-of-range value never leaves it; an in-range one the model cannot take gets a clear error
+    with pytest.raises(C.RequestInputError):
+        C.SamplingParams(max_tokens=4294967297)
+    r = C.generate_stream(server.grpc_url, PROMPT, C.SamplingParams(max_tokens=9000))
+    assert not r.ok and "max_tokens 9000 exceeds the room left" in r.error and "ask for at most" in r.error
+    with pytest.raises(TritonClientError, match="HTTP 400.*max_tokens 9000 exceeds the room left"):
+        C.http_generate(server.http_url, PROMPT, C.SamplingParams(max_tokens=9000))
+
+
+def _next_request_starts_fast(server, model: str) -> float:
+    r = C.generate_stream(server.grpc_url, PROMPT, C.SamplingParams(max_tokens=2, ignore_eos=True), model=model,
+                          timeout_s=60)
+    assert r.ok, r.error
+    return r.ttft_s
+
+
+@pytest.mark.parametrize("model", ["ensemble", "trt_tensorrt_llm_bls"])
+def test_cancel_through_the_entry_model_frees_its_slot(server, model):
+    """A request the client gives up on stops at the next token; the next request on the one-slot model starts
+    within a second. (Not cancelled, the first would run for ~30 s: 8000 tokens.)"""
+    t0 = time.perf_counter()
+    r = C.generate_stream(server.grpc_url, PROMPT, C.SamplingParams(max_tokens=8000, ignore_eos=True), model=model,
+                          timeout_s=1.5)
+    assert time.perf_counter() - t0 < 5, "the client did not return when its timeout cancelled the request"
+    assert not r.ok and "cancelled" in r.error and 0 < r.output_tokens < 8000
+    assert _next_request_starts_fast(server, model) < 1.0
+
+
+def test_killed_client_frees_the_slot(server):
+    """A client process killed with SIGKILL mid-stream: the server notices the dropped stream and stops."""
+    code = (
+        "import sys; from sparse_trt.serve.triton import client as C\n"
+        "C.generate_stream(sys.argv[1], 'the river', C.SamplingParams(max_tokens=8000, ignore_eos=True), "
+        "on_piece=lambda p, t: print('token', flush=True))\n"
+    )
+    p = subprocess.Popen([sys.executable, "-c", code, server.grpc_url], stdout=subprocess.PIPE, text=True)
+    try:
+        for _ in range(3):
+            assert p.stdout.readline().strip() == "token"
+    finally:
+        p.kill()
+        p.wait()
+    time.sleep(0.3)  # the server sees the closed connection
+    assert _next_request_starts_fast(server, "ensemble") < 1.0
+
+
+def test_bls_entry_gives_the_ensembles_text(server):
+    for stream in (False, True):
+        params = C.SamplingParams(max_tokens=7, ignore_eos=True)
+        a = C.generate_stream(server.grpc_url, PROMPT, params, model="trt", stream=stream)
+        b = C.generate_stream(server.grpc_url, PROMPT, params, model="trt_tensorrt_llm_bls", stream=stream)
+        assert a.ok and b.ok, (a.error, b.error)
+        assert a.text == b.text
+        assert b.output_tokens == (7 if stream else 1)
+
+
+def _children(pid: int) -> list[tuple[int, str]]:
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                stat = (d / "stat").read_text()
+            except OSError:
+                continue
+            comm, rest = stat[stat.index("(") + 1: stat.rindex(")")], stat[stat.rindex(")") + 2:].split()
+            if int(rest[1]) == pid:
+                out.append((int(d.name), comm))
+    return out
+
+
+def _gone(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat[stat.rindex(")") + 2] == "Z"  # a zombie holds no ports
+
+
+def test_kill_9_of_serve_leaves_no_server(tmp_path, llama):
+    """`sparse-trt triton serve` killed with SIGKILL: its tritonserver (and the model stubs) exit, the ports free."""
+    _install()
+    repo = build_pytorch_repo(llama, tmp_path / "repo", device="cpu").path
+    ports = _ports()
+    cmd = [sys.executable, "-c", "from sparse_trt.cli.main import app; app()", "triton", "serve", str(repo),
+           "--http-port", str(ports["http_port"]), "--grpc-port", str(ports["grpc_port"]),
+           "--metrics-port", str(ports["metrics_port"]), "--exit-timeout", "5"]
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ | {"NO_COLOR": "1"})
+    server_pid = None
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and p.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{ports['http_port']}/v2/health/ready", timeout=1) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            time.sleep(0.3)
+        assert p.poll() is None, "serve exited during start-up"
+        servers = [pid for pid, comm in _children(p.pid) if comm.startswith("tritonserver")]
+        assert len(servers) == 1, _children(p.pid)
+        server_pid = servers[0]
+        stubs = [pid for pid, _ in _children(server_pid)]
+        assert stubs, "no Python-backend stub under the server"
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait(10)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not all(_gone(x) for x in [server_pid, *stubs]):
+            time.sleep(0.2)
+        assert all(_gone(x) for x in [server_pid, *stubs]), "tritonserver outlived its parent"
+        from sparse_trt.serve.triton.server import port_free
+
+        assert all(port_free("127.0.0.1", v) for v in ports.values())
+    finally:
+        if p.poll() is None:
+            p.kill()
+        if server_pid is not None and not _gone(server_pid):
+            os.killpg(server_pid, signal.SIGKILL)
+
+
+def test_cli_generate_streams_and_reports_ttft(server, reference):
+    """`triton generate` prints the completion (as it streams) and TTFT, over gRPC and over HTTP."""
+    from typer.testing import CliRunner
+
+    from sparse_trt.cli.main import app
+
+    tok, greedy = reference
+    text = tok.decode(greedy(PROMPT, 6), skip_special_tokens=True)
+    runner = CliRunner()
+    for extra in ([], ["--http", "--url", server.http_url], ["--no-stream"]):
+        args = ["triton", "generate", PROMPT, "--max-tokens", "6"] + (extra if "--url" in extra else
+                                                                      extra + ["--url", server.grpc_url])
+        r = runner.invoke(app, args)
+        assert r.exit_code == 0, r.output
+        assert text.strip() in r.output and "TTFT" in r.output and "TTFT -" not in r.output, (extra, r.output)
+    r = runner.invoke(app, ["triton", "generate", PROMPT, "--max-tokens", "9000", "--url", server.grpc_url])
+    assert r.exit_code == 9 and "exceeds the room left" in " ".join(r.output.split())

@@ -81,6 +81,10 @@ def check_repo(path: Path) -> CheckReport:
     for name, cfg in rep.models.items():
         if cfg.platform == "ensemble":
             _check_ensemble(rep, name, cfg)
+        target = cfg.parameters.get("tensorrt_llm_model_name")  # a BLS model names the model it calls
+        if target is not None and target.string_value and target.string_value not in rep.models:
+            rep.problems.append(f"{name}: parameter tensorrt_llm_model_name '{target.string_value}' is not a model "
+                                "in the repository")
     return rep
 
 

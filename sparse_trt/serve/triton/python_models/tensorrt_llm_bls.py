@@ -130,12 +130,12 @@ class TritonPythonModel:
         n = int(raw)
         if n < 1:
             raise BadRequest(f"max_tokens must be at least 1, got {n}")
-        if n > 2**31 - 1:
-            raise BadRequest(f"max_tokens {n} is beyond what the engine takes (2147483647)")
         if self.max_seq_len is not None and n > self.max_seq_len - len(ids):
             room = self.max_seq_len - len(ids)
             raise BadRequest(f"max_tokens {n} exceeds the room left in the engine's context: max_seq_len "
                              f"{self.max_seq_len} - {len(ids)} prompt tokens = {room}; ask for at most {room}")
+        if n > 2**31 - 1:  # no max_seq_len known: the engine's request_output_len is INT32
+            raise BadRequest(f"max_tokens {n} is beyond what the engine takes (2147483647)")
         return {"ids": ids, "max_tokens": n, "stream": bool(_scalar(request, "stream", False)),
                 "ignore_eos": bool(_scalar(request, "ignore_eos", False)),
                 "temperature": _scalar(request, "temperature"), "top_k": _scalar(request, "top_k"),
