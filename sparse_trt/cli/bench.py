@@ -84,14 +84,18 @@ def run_table(run: RunResult) -> Table:
     from sparse_trt.bench.report import human_number, human_seconds
 
     t = Table(title=Text(f"{run.label} ({run.backend}, {run.device}) — {run.status}"))
-    for c in ("workload", "TTFT p50", "ITL p50", "e2e p50 / p99", "out tok/s", "tok/s/user p50", "req/s", "conditions"):
+    t.add_column("workload", no_wrap=True)
+    for c in ("TTFT p50", "ITL p50", "e2e p50", "e2e p99", "out tok/s", "tok/s/user", "req/s"):
         t.add_column(c, justify="right")
     for p in run.points:
         t.add_row(p.workload.key, human_seconds(p.ttft_s.p50), human_seconds(p.itl_s.p50),
-                  f"{human_seconds(p.e2e_s.p50)} / {human_seconds(p.e2e_s.p99)}", human_number(p.output_token_throughput),
-                  human_number(p.output_tokens_per_s_per_user.p50), human_number(p.request_throughput),
-                  Text(describe(p.conditions)))
-    t.caption = Text(f"token counts: {run.token_counts}") if run.token_counts else None
+                  human_seconds(p.e2e_s.p50), human_seconds(p.e2e_s.p99), human_number(p.output_token_throughput),
+                  human_number(p.output_tokens_per_s_per_user.p50), human_number(p.request_throughput))
+    lines = [f"{p.workload.key}: {p.requests} requests in {human_seconds(p.window_s)}; {describe(p.conditions)}"
+             for p in run.points]
+    if run.token_counts:
+        lines.append(f"token counts: {run.token_counts}")
+    t.caption = Text("\n".join(lines), justify="left")
     return t
 
 
