@@ -31,6 +31,7 @@ _HINTS: dict[str, tuple[str, str]] = {
     "gguf": ("loading .gguf model files", _extra("demo")),
     "accelerate": ("loading .gguf model files", _extra("demo")),
     "modelopt": ("cross-checking exports against NVIDIA ModelOpt", "pip install nvidia-modelopt==0.47.0"),
+    "lm_eval": ("lm-evaluation-harness tasks (eval --tasks)", _extra("lm-eval")),
 }
 
 

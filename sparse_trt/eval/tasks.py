@@ -19,8 +19,6 @@ import torch
 from sparse_trt.core.deps import require
 from sparse_trt.core.errors import InputError
 
-INSTALL_HINT = "pip install 'sparse_trt[lm-eval]' (from a source checkout: pip install -e '.[lm-eval]')"
-
 
 @dataclass(frozen=True)
 class TaskScore:
@@ -41,17 +39,6 @@ class TasksResult:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def _lm_eval():
-    try:
-        return require("lm_eval", "lm-evaluation-harness tasks (eval --tasks)")
-    except Exception as e:  # MissingDependencyError: give our extra's install line
-        from sparse_trt.core.errors import MissingDependencyError
-
-        if isinstance(e, MissingDependencyError):
-            raise MissingDependencyError(e.message, fix=INSTALL_HINT) from None
-        raise
 
 
 def parse_scores(results: dict) -> tuple[TaskScore, ...]:
@@ -79,7 +66,7 @@ def run_tasks(
     batch_size: int = 1,
     trust_remote_code: bool = False,
 ) -> TasksResult:
-    lm_eval = _lm_eval()
+    lm_eval = require("lm_eval", "lm-evaluation-harness tasks (eval --tasks)")
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
