@@ -42,9 +42,9 @@ class Recorder:
 
 
 def test_closed_loop_no_waves_exact_accounting():
-    # request 0 is slow (0.3 s); the other 11 take 0.02 s. With waves of 3, every wave would wait for
+    # request 0 is slow (0.4 s); the other 11 take 0.02 s. With waves of 3, every wave would wait for
     # its slowest request; in a closed loop the two other workers keep going while request 0 runs.
-    rec = Recorder(lambda i: 0.3 if i == 0 else 0.02)
+    rec = Recorder(lambda i: 0.4 if i == 0 else 0.02)
     with LoadGenerator(LoadSpec(concurrency=3, requests=12, warmup=3)) as gen:
         gen.warmup(rec)
         warm = sorted(i for i, _, _ in rec.log)
@@ -64,9 +64,14 @@ def test_closed_loop_no_waves_exact_accounting():
     for rs in by_worker.values():
         rs.sort(key=lambda r: r.sent)
         gaps = [b.sent - a.end for a, b in zip(rs, rs[1:], strict=False)]
-        assert all(-1e-6 <= g < 0.015 for g in gaps), gaps
+        assert all(g >= -1e-6 for g in gaps) and (not gaps or float(np.median(gaps)) < 0.01), gaps
     assert win.seconds == pytest.approx(max(r.end for r in win.records) - min(r.start for r in win.records))
-    assert win.seconds < 0.3 + 0.15  # waves would take >= 0.3 + 3 * 0.02 and leave workers idle
+    assert win.seconds < 0.4 + 0.3  # the slow request bounds the window; the fast ones ran beside it
+    # until the last request is sent, all 3 workers are busy: at (nearly) every request's midpoint 3 are in flight
+    last_sent = max(r.sent for r in win.records)
+    mids = [(r.sent + r.end) / 2 for r in win.records if (r.sent + r.end) / 2 < last_sent]
+    busy = [sum(1 for o in win.records if o.sent <= m <= o.end) for m in mids]
+    assert busy and sum(b == 3 for b in busy) >= 0.9 * len(busy), busy
 
 
 def test_duration_window_and_validation():
@@ -76,7 +81,7 @@ def test_duration_window_and_validation():
         win = gen.measure(rec)
     starts = [r.sent for r in win.records]
     assert len(win.records) >= 6
-    assert max(starts) <= t0 + 0.15 + 0.005  # nothing is started after the window closes
+    assert max(starts) <= t0 + 0.15 + 0.05  # nothing is started after the window closes (scheduling slack)
     for bad in (dict(concurrency=0), dict(requests=0), dict(duration_s=-1), dict(requests=3, duration_s=1.0),
                 dict(warmup=-1), dict(request_rate=0.0), dict(request_rate=math.inf)):
         with pytest.raises(InputError):
@@ -85,12 +90,12 @@ def test_duration_window_and_validation():
 
 def test_poisson_arrivals_bounded_concurrency():
     rec = Recorder(lambda i: 0.005)
-    rate = 200.0
-    with LoadGenerator(LoadSpec(concurrency=4, requests=60, warmup=0, request_rate=rate, seed=3)) as gen:
+    rate = 50.0
+    with LoadGenerator(LoadSpec(concurrency=4, requests=40, warmup=0, request_rate=rate, seed=3)) as gen:
         win = gen.measure(rec)
     sent = sorted(r.sent for r in win.records)
     gaps = np.diff(sent)
-    assert len(win.records) == 60 and rec.max_in_flight <= 4
+    assert len(win.records) == 40 and rec.max_in_flight <= 4
     assert 0.4 / rate < gaps.mean() < 2.5 / rate  # exponential gaps with mean 1/rate (loose: busy CI machines)
     assert gaps.std() > 0.3 * gaps.mean()  # not a fixed interval
 
