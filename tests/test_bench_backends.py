@@ -18,9 +18,9 @@ from sparse_trt.bench.backends.torch_2of4 import holds_2of4
 from sparse_trt.bench.errors import WorkloadError
 from sparse_trt.bench.runner import open_backend
 from sparse_trt.bench.workload import Workload
-from sparse_trt.build.report import write_report
 from sparse_trt.core.deps import available
 from sparse_trt.core.errors import DeviceError, InputError, MissingDependencyError, ModelLoadError
+from sparse_trt.engine.report import write_report
 
 CPU = torch.device("cpu")
 

@@ -18,10 +18,10 @@ from sparse_trt.bench.backends import trtllm as tb
 from sparse_trt.bench.backends.base import BackendSpec, GenerationRequest, create_backend
 from sparse_trt.bench.backends.engine_info import kv_geometry, sparse_kernels_from_report
 from sparse_trt.bench.errors import BackendError
-from sparse_trt.build.logparse import parse_build_log
-from sparse_trt.build.report import SCHEMA, SCHEMA_VERSION, BuildReport, write_report
-from sparse_trt.build.trtllm import engine_settings, sparsity_section
 from sparse_trt.core.errors import DeviceError, InputError
+from sparse_trt.engine.logparse import parse_build_log
+from sparse_trt.engine.report import SCHEMA, SCHEMA_VERSION, BuildReport, write_report
+from sparse_trt.engine.trtllm import engine_settings, sparsity_section
 
 CUDA = torch.device("cuda", 0)
 LOGS = Path(__file__).parent / "fixtures" / "trt_logs"

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from sparse_trt.build.logparse import linear_of, linears_of, parse_build_log
-from sparse_trt.build.report import (
+from sparse_trt.engine.logparse import linear_of, linears_of, parse_build_log
+from sparse_trt.engine.report import (
     SCHEMA,
     SCHEMA_VERSION,
     BuildReport,
@@ -23,7 +23,7 @@ from sparse_trt.build.report import (
     load_report,
     write_report,
 )
-from sparse_trt.build.trtllm import sparsity_section
+from sparse_trt.engine.trtllm import sparsity_section
 
 LOGS = Path(__file__).parent / "fixtures" / "trt_logs"
 

@@ -11,10 +11,10 @@ import pytest
 import torch
 from test_export_support import pruned_tiny
 
-from sparse_trt.build import trtllm as bt
-from sparse_trt.build.report import read_report
-from sparse_trt.build.trtllm import BuildError, BuildRequest, build_engine
 from sparse_trt.core.errors import InputError, MissingDependencyError
+from sparse_trt.engine import trtllm as bt
+from sparse_trt.engine.report import read_report
+from sparse_trt.engine.trtllm import BuildError, BuildRequest, build_engine
 from sparse_trt.export.trtllm import export_trtllm
 
 FAKE = [sys.executable, str(Path(__file__).parent / "fixtures" / "trt_logs" / "fake_trtllm_build.py")]

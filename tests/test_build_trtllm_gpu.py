@@ -11,7 +11,7 @@ import pytest
 import torch
 from test_export_support import pruned_tiny
 
-from sparse_trt.build.trtllm import BuildRequest, build_engine, trtllm_version
+from sparse_trt.engine.trtllm import BuildRequest, build_engine, trtllm_version
 
 pytestmark = [
     pytest.mark.trtllm,

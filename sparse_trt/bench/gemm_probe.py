@@ -140,7 +140,7 @@ TRT_UNKNOWN = "TensorRT: no (Sparsity) lines in the build log (tactic unknown)"
 
 def tactic_status(log_text: str) -> str:
     """What TensorRT's INFO log of one sparse-weights build says about its one GEMM (a TRT_* constant)."""
-    from sparse_trt.build.logparse import parse_build_log
+    from sparse_trt.engine.logparse import parse_build_log
 
     parsed = parse_build_log(log_text)
     if not parsed.has_sparsity_lines:

@@ -44,7 +44,7 @@ def register(app: typer.Typer) -> None:
         verbose: bool = typer.Option(False, "--verbose", "-v", help="Show library logs."),
     ) -> None:
         """Build TensorRT-LLM 1.2 engines with weight sparsity and the GEMM plugin off; report which layers got sparse kernels."""
-        from sparse_trt.build.trtllm import BuildRequest, build_engine, parse_passthrough, run_command_hint
+        from sparse_trt.engine.trtllm import BuildRequest, build_engine, parse_passthrough, run_command_hint
         from sparse_trt.export.trtllm import parse_export_dtype
 
         setup_logging(verbose)

@@ -1,5 +1,5 @@
 """Reading a TensorRT-LLM engine folder without TensorRT-LLM: config.json limits, KV-cache geometry, mapping,
-and ``build_report.json`` through the build stage's own typed reader (:mod:`sparse_trt.build.report`).
+and ``build_report.json`` through the build stage's own typed reader (:mod:`sparse_trt.engine.report`).
 """
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sparse_trt.build.report import REPORT_NAME, BuildReport, BuildReportError, read_report
 from sparse_trt.core.errors import InputError, ManifestError
 from sparse_trt.core.manifest import MANIFEST_NAME, Manifest
+from sparse_trt.engine.report import REPORT_NAME, BuildReport, BuildReportError, read_report
 
 from ..results import SparseKernels
 from ..workload import Limits
