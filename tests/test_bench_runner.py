@@ -55,8 +55,8 @@ def test_fake_backend_metrics_known_times():
     r = run_benchmark(b, [Workload(1, 4, 5, 1)], LoadSpec(requests=3, warmup=0), label="x")
     p = r.points[0]
     check_point_sane(p)
-    assert p.ttft_s.p50 == pytest.approx(0.01, abs=0.008)
-    assert p.itl_s.p50 == pytest.approx(0.005, abs=0.004)
+    # sleeps never end early; a loaded machine may make them late
+    assert 0.01 <= p.ttft_s.p50 < 0.1 and 0.005 <= p.itl_s.p50 < 0.05
 
 
 def test_compare_alternates_and_pairs():
