@@ -134,7 +134,7 @@ class RecoverCheckpointer:
         folder = self.root / self.current
         try:
             tensors = load_file(str(folder / WEIGHTS))
-            raw = torch.load(folder / TRAIN_STATE, map_location="cpu", weights_only=False)
+            raw = torch.load(folder / TRAIN_STATE, map_location="cpu", weights_only=True)
         except (OSError, RuntimeError) as e:
             raise ResumeError(f"checkpoint '{folder}' is unreadable ({e})", fix=f"delete '{self.root}' and start again") from None
         missing = [n for n, _ in params if n not in tensors]
