@@ -65,6 +65,16 @@ def test_run_and_bad_inputs(tmp_path, pair):
     assert r.exit_code == 2 and "not a TensorRT-LLM engine" in text(r)
     r = runner.invoke(app, ["bench", "run", str(dense), "-o", str(tmp_path / "x.json"), "--backend", "warp", *SMALL])
     assert r.exit_code == 2 and "unknown backend" in text(r)
+    r = runner.invoke(app, ["bench", "run", str(dense), "-o", str(tmp_path / "x.json"), *SMALL, "--duration", "1"])
+    assert r.exit_code == 2 and "not both" in text(r)
+    r = runner.invoke(app, ["bench", "run", str(dense), "-o", str(tmp_path / "x.json"), *SMALL, "--request-rate", "0"])
+    assert r.exit_code == 2 and "--request-rate" in text(r)
+    res2 = tmp_path / "poisson.json"
+    r = runner.invoke(app, ["bench", "run", str(dense), "-o", str(res2), "--input-lens", "8", "--output-lens", "2",
+                            "--device", "cpu", "--concurrency", "2", "--request-rate", "50", "--requests", "4", "--warmup", "0"])
+    assert r.exit_code == 0, r.output
+    pt = ResultsFile.load(res2).runs[0].points[0]
+    assert pt.load.mode == "poisson" and pt.load.request_rate == 50 and pt.requests == 4
     assert not (tmp_path / "x.json").exists()
     (tmp_path / "empty.json").write_text("")
     r = runner.invoke(app, ["report", str(tmp_path / "empty.json"), "-o", str(tmp_path / "rep")])
