@@ -13,6 +13,8 @@ import os
 import time
 from dataclasses import dataclass, field
 
+from sparse_trt.core.deps import available, require
+
 from .results import Conditions, HostSnapshot
 
 
@@ -39,12 +41,9 @@ def _cpu_times() -> list[int] | None:
 
 
 def _gpu(device_index: int | None) -> dict[str, float]:
-    if device_index is None:
+    if device_index is None or not available("pynvml"):
         return {}
-    try:
-        import pynvml as nv  # noqa: PLC0415 - optional; absent on CPU machines
-    except ImportError:
-        return {}
+    nv = require("pynvml", "GPU clocks and temperature")
     out: dict[str, float] = {}
     try:
         nv.nvmlInit()
