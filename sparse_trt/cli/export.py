@@ -10,10 +10,10 @@ from rich.table import Table
 
 from .common import console, handle_errors, out, setup_logging
 
-export_app = typer.Typer(help="Export pruned models to deployment formats.", no_args_is_help=True)
+app = typer.Typer(name="export", help="Export pruned models to deployment formats.", no_args_is_help=True)
 
 
-@export_app.command("trtllm")
+@app.command("trtllm")
 @handle_errors
 def export_trtllm_cmd(
     model_dir: Path = typer.Argument(..., help="Output folder of `sparse-trt prune` (HF checkpoint + sparsity.json)."),
@@ -58,6 +58,3 @@ def export_trtllm_cmd(
         console.print(f"[green]pattern {res.pattern} verified[/] in {res.checked_weights} sharded weights")
     console.print(f"wrote {res.out} (build it with `sparse-trt build {res.out} -o engines/NAME`)")
 
-
-def register(app: typer.Typer) -> None:
-    app.add_typer(export_app, name="export")

@@ -1,12 +1,17 @@
-"""``sparse-trt``: the Typer app. Each command group lives in its own module and registers itself."""
+"""``sparse-trt``: the Typer app. Each command (or command group) is a module-level Typer app in its own module.
+
+Command modules import the library inside their commands, so ``--help`` and argument errors answer without
+loading torch.
+"""
 
 from __future__ import annotations
-
-import importlib
 
 import typer
 
 import sparse_trt
+
+from . import bench, build, demo, export, plan, prune, quantize, recover, report, triton, verify
+from . import eval as eval_
 
 app = typer.Typer(
     name="sparse-trt",
@@ -18,11 +23,14 @@ app = typer.Typer(
     add_completion=False,
 )
 
-# One module per command group; each defines register(app).
-COMMAND_MODULES = ("prune", "plan", "recover", "quantize", "verify", "eval", "demo", "triton", "export", "build", "bench", "report")
+# In pipeline order, as `sparse-trt --help` lists them; a group's Typer carries its own name.
+COMMAND_MODULES = (prune, plan, recover, quantize, verify, eval_, demo, triton, export, build, bench, report)
 
-for _name in COMMAND_MODULES:
-    importlib.import_module(f"sparse_trt.cli.{_name}").register(app)
+for _module in COMMAND_MODULES:
+    if hasattr(_module, "app"):
+        app.add_typer(_module.app)
+    else:
+        _module.register(app)
 
 
 def _version(value: bool) -> None:
