@@ -302,6 +302,8 @@ ROWS = [
         exists=("o/sparsity.json",), absent=("o/keep.txt", ".o.partial"), setup=copy_pruned("o")),
     Row("nested-new-out", P("--method", "magnitude", out="{t}/a/b/o"), 0, "pruned 14 linears", exists=("a/b/o/sparsity.json",),
         absent=("a/b/.o.lock", "a/b/.o.partial")),
+    Row("failed-run-removes-new-parents", P("--pattern", "0.0001", out="{t}/new/deep/o"), 2, "would prune nothing",
+        absent=("new",)),
     Row("locked-by-other-run", P(), 2, "is being written by another sparse-trt run (PID", absent=("o", ".o.partial"),
         setup=hold_lock),
     Row("stale-tmp-named", P("--method", "magnitude"), 0, "left by an earlier run that was killed", exists=("o/sparsity.json", ".o.tmp-dead1"),
