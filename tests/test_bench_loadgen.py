@@ -171,3 +171,27 @@ def test_bootstrap_ci_contains_the_true_ratio():
     assert hits / trials >= 0.88  # nominal 95%; the percentile bootstrap runs a little narrow at n=12
     s, est, lo, hi = bootstrap_ratio([2.0], [1.0])
     assert est == 2.0 and math.isnan(lo) and math.isnan(hi)  # one pair: no interval
+
+
+def test_conditions_record_load_steal_and_gpu(monkeypatch):
+    import types
+
+    from sparse_trt.bench import conditions as C
+
+    nv = types.SimpleNamespace(NVML_CLOCK_SM=1, NVML_CLOCK_MEM=2, NVML_TEMPERATURE_GPU=0, nvmlInit=lambda: None,
+                               nvmlDeviceGetHandleByIndex=lambda i: ("gpu", i),
+                               nvmlDeviceGetClockInfo=lambda h, k: {1: 1755, 2: 2619}[k],
+                               nvmlDeviceGetTemperature=lambda h, k: 61)
+    monkeypatch.setattr(C, "available", lambda m: m == "pynvml")
+    monkeypatch.setattr(C, "require", lambda m, purpose=None: nv)
+    ticks = iter([[100, 0, 50, 800, 10, 0, 0, 5, 0, 0], [200, 0, 100, 1000, 20, 0, 0, 25, 0, 0]])
+    monkeypatch.setattr(C, "_cpu_times", lambda: next(ticks))
+    probe = C.ConditionsProbe(gpu_index=0)
+    probe.start()
+    c = probe.stop()
+    assert c.start.gpu == {"sm_clock_mhz": 1755.0, "mem_clock_mhz": 2619.0, "temperature_c": 61.0}
+    # deltas: user 100, system 50, idle 200, iowait 10, steal 20 -> total 380
+    assert c.cpu_steal_pct == pytest.approx(100 * 20 / 380) and c.cpu_busy_pct == pytest.approx(100 * 170 / 380)
+    assert len(c.start.loadavg) == 3
+    text = C.describe(c)
+    assert "SM clock 1755→1755 MHz" in text and "GPU 61→61 °C" in text and "steal 5.3%" in text
