@@ -220,8 +220,7 @@ def run_recover(
 
     stage(f"writing {req.out}")
     save_dtype = DTYPE_NAMES.get(manifest.dtype, MASTER_DTYPE)
-    student.model.to("cpu")
-    student.model.to(save_dtype)
+    student.model.to(save_dtype)  # save_pretrained copies from any device
     modules = dict(student.model.named_modules())
     layers_out = tuple(
         dataclasses.replace(r, sparsity=float((modules[r.name].weight == 0).float().mean())) if r.name in modules else r
