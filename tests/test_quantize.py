@@ -216,6 +216,9 @@ def test_cli(env, tmp_path):
                             "--nsamples", "4", "--seqlen", "32", "--json"])
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["quant_algo"] == "FP8"
+    r = runner.invoke(app, ["eval", str(tmp_path / "q"), "--data", calib, "--seqlen", "32", "--max-windows", "2"])
+    assert r.exit_code == 0, r.output
+    assert "quantize-dequantized" in r.output and "quality.perplexity_fp8_simulated" in r.output
     r = runner.invoke(app, ["quantize", str(pruned), "-o", str(tmp_path / "x"), "--format", "int4", "--calib", calib])
     assert r.exit_code == 2 and "int4" in r.output
     r = runner.invoke(app, ["quantize", str(tmp_path / "q"), "-o", str(tmp_path / "y"), "--format", "fp8", "--calib", calib])

@@ -68,7 +68,7 @@ def eval_cmd(
     """
     from sparse_trt.core.manifest import MANIFEST_NAME
     from sparse_trt.data.text import parse_source
-    from sparse_trt.eval.api import recorded_quality, run_eval, same_windows
+    from sparse_trt.eval.api import perplexity_key, recorded_quality, run_eval, same_windows
 
     from .options import resolve_device, resolve_dtype
 
@@ -91,6 +91,9 @@ def eval_cmd(
         t.add_row("dense reference (from sparsity.json)", reference.data, str(reference.seqlen), str(reference.windows),
                   str(reference.tokens), "yes" if reference.bos else "no", f"{reference.perplexity:.3f}")
     out.print(t)
+    if res.model.endswith(" simulated]"):
+        console.print("quantized folder: weights, activations (and a quantized KV cache) were quantize-dequantized with its "
+                      "quantization.json scales (--no-simulate-quant evaluates the unquantized weights)", markup=False)
     if reference is not None:
         if same_windows(res, reference):
             console.print(f"perplexity x{res.perplexity / reference.perplexity:.2f} of the dense reference on the same windows")
@@ -102,7 +105,7 @@ def eval_cmd(
                 "model with the same options."
             )
     if record and (Path(model) / MANIFEST_NAME).is_file():
-        console.print(f"recorded in {Path(model) / MANIFEST_NAME} (quality.perplexity)")
+        console.print(f"recorded in {Path(model) / MANIFEST_NAME} (quality.{perplexity_key(model, simulate_quant)})")
     if json_path is not None:
         from sparse_trt.core.atomic import atomic_write_text
 

@@ -63,6 +63,12 @@ def run_eval(
     return result
 
 
+def perplexity_key(model: str, simulate_quant: bool = True) -> str:
+    """Where ``run_eval`` records the perplexity in the folder's sparsity.json (``quality.<key>``)."""
+    spec = quant_spec_of(model) if simulate_quant else None
+    return "perplexity" if spec is None else f"perplexity_{spec.format}_simulated"
+
+
 def quant_spec_of(model: str):
     """The quantization.json of a model folder, or None (not a folder, or not quantized)."""
     from sparse_trt.quantize.spec import load_quant_spec
