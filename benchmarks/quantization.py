@@ -41,6 +41,7 @@ def main() -> None:
     ap.add_argument("--nsamples", type=int, default=32)
     ap.add_argument("--seqlen", type=int, default=512)
     ap.add_argument("--eval-windows", type=int, default=32)
+    ap.add_argument("--no-fp", action="store_true", help="skip the unquantized row (e.g. when another process runs it)")
     ap.add_argument("--out", type=Path, default=Path("bench_out/quant"))
     args = ap.parse_args()
 
@@ -58,11 +59,13 @@ def main() -> None:
     models = [("dense", args.dense)] if args.dense != "none" else []
     models += [("sparse 2:4", args.sparse)] if args.sparse else []
     for kind, src in models:
-        t0 = time.perf_counter()
-        fp = run_eval(src, wiki, args.seqlen, args.eval_windows, cpu, record=False, simulate_quant=False)
-        rows.append({"model": kind, "variant": "fp (checkpoint dtype)", "perplexity": fp.perplexity, "tokens": fp.tokens,
-                     "eval_s": round(time.perf_counter() - t0, 1)})
-        print(json.dumps(rows[-1]), flush=True)
+        fp = None
+        if not args.no_fp:
+            t0 = time.perf_counter()
+            fp = run_eval(src, wiki, args.seqlen, args.eval_windows, cpu, record=False, simulate_quant=False)
+            rows.append({"model": kind, "variant": "fp (checkpoint dtype)", "perplexity": fp.perplexity, "tokens": fp.tokens,
+                         "eval_s": round(time.perf_counter() - t0, 1)})
+            print(json.dumps(rows[-1]), flush=True)
         for v in [x for x in args.variants.split(",") if x]:
             fmt, kv, alpha = parse_variant(v)
             f = parse_format(fmt)
@@ -73,7 +76,7 @@ def main() -> None:
             tq = time.perf_counter() - t0
             r = run_eval(str(q.out), wiki, args.seqlen, args.eval_windows, cpu, record=False)
             rows.append({"model": kind, "variant": v, "perplexity": r.perplexity, "tokens": r.tokens,
-                         "vs_fp": r.perplexity / fp.perplexity, "quantize_s": round(tq, 1),
+                         **({"vs_fp": r.perplexity / fp.perplexity} if fp is not None else {}), "quantize_s": round(tq, 1),
                          "eval_s": round(time.perf_counter() - t0 - tq, 1), "checked_weights": q.checked_weights})
             print(json.dumps(rows[-1]), flush=True)
     meta = {"machine": platform.node(), "python": platform.python_version(), "torch": torch.__version__,
