@@ -129,26 +129,44 @@ def pickle_bomb(t: Path, w: dict) -> None:
     (t / "m" / "pytorch_model.bin").write_bytes(pickle.dumps({"x": _Payload()}))
 
 
+def _interrupt(t: Path, w: dict, src: str) -> None:
+    """Prune ``src`` into {t}/o, interrupted after its first layer (progress in {t}/.o.partial)."""
+    from sparse_trt.prune import sequential
+
+    real, calls = sequential.prune_layer, {"n": 0}
+
+    def interrupted(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    sequential.prune_layer = interrupted
+    try:
+        res = invoke(P(src=src), t, w)
+    finally:
+        sequential.prune_layer = real
+    assert res.exit_code == 130 and (t / ".o.partial").is_dir(), res.output
+
+
 def interrupted_run(then: Callable[[Path, dict], None] | None = None) -> Callable[[Path, dict], None]:
-    """A prune of {t}/m into {t}/o interrupted after its first layer (progress in {t}/.o.partial)."""
+    """{t}/m, and a prune of it into {t}/o interrupted after its first layer (progress in {t}/.o.partial)."""
     def setup(t: Path, w: dict) -> None:
-        from sparse_trt.prune import sequential
-
         model_copy()(t, w)
-        real, calls = sequential.prune_layer, {"n": 0}
+        _interrupt(t, w, "{t}/m")
+        if then is not None:
+            then(t, w)
+    return setup
 
-        def interrupted(*a, **k):
-            calls["n"] += 1
-            if calls["n"] == 2:
-                raise KeyboardInterrupt
-            return real(*a, **k)
 
-        sequential.prune_layer = interrupted
-        try:
-            res = invoke(P(src="{t}/m"), t, w)
-        finally:
-            sequential.prune_layer = real
-        assert res.exit_code == 130 and (t / ".o.partial").is_dir(), res.output
+def shared_interrupted_run(then: Callable[[Path, dict], None] | None = None) -> Callable[[Path, dict], None]:
+    """Like ``interrupted_run`` for the module's model ``{src}``: the progress is made once and copied."""
+    def setup(t: Path, w: dict) -> None:
+        tpl = Path(w["root"]) / "interrupted"
+        if not tpl.is_dir():
+            tpl.mkdir()
+            _interrupt(tpl, w, "{src}")
+        shutil.copytree(tpl / ".o.partial", t / ".o.partial")
         if then is not None:
             then(t, w)
     return setup
@@ -316,16 +334,16 @@ ROWS = [
     Row("sigterm-keeps-progress", P(), 143, "terminated", exists=(".o.partial/state.json",), absent=("o", ".o.lock"),
         setup=signal_in_second_layer(signal.SIGTERM)),
     Row("failure-cleans-progress", P(), 5, "injected", absent=("o", ".o.partial", ".o.lock"), setup=fail_in_second_layer),
-    Row("partial-without-resume", P(src="{t}/m"), 2, "an interrupted run left progress", exists=(".o.partial",),
-        absent=("o",), setup=interrupted_run()),
+    Row("partial-without-resume", P(), 2, "an interrupted run left progress", exists=(".o.partial",),
+        absent=("o",), setup=shared_interrupted_run()),
     Row("resume-model-changed", P("--resume", src="{t}/m"), 2, "the model's files changed", exists=(".o.partial",),
         absent=("o",), setup=interrupted_run(replace_model_weights)),
-    Row("resume-other-options", P("--resume", "--method", "wanda", src="{t}/m"), 2, "differs (method)", exists=(".o.partial",),
-        absent=("o",), setup=interrupted_run()),
-    Row("resume-corrupt-layer-file", P("--resume", src="{t}/m"), 2, "is unreadable", exists=(".o.partial",),
-        absent=("o",), setup=interrupted_run(corrupt_layer_file)),
-    Row("resume-completes", P("--resume", src="{t}/m"), 0, "resumed after 1 layers", exists=("o/sparsity.json",),
-        absent=(".o.partial",), setup=interrupted_run()),
+    Row("resume-other-options", P("--resume", "--method", "wanda"), 2, "differs (method)", exists=(".o.partial",),
+        absent=("o",), setup=shared_interrupted_run()),
+    Row("resume-corrupt-layer-file", P("--resume"), 2, "is unreadable", exists=(".o.partial",),
+        absent=("o",), setup=shared_interrupted_run(corrupt_layer_file)),
+    Row("resume-completes", P("--resume"), 0, "resumed after 1 layers", exists=("o/sparsity.json",),
+        absent=(".o.partial",), setup=shared_interrupted_run()),
     # ---- verify
     Row("verify-ok", ["verify", "{pruned}"], 0, "every target linear covered"),
     Row("verify-missing", ["verify", "{t}/missing"], 2, "does not exist"),
