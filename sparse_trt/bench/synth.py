@@ -28,6 +28,16 @@ PRESETS: dict[str, dict[str, Any]] = {
     "mistral-7b": dict(model_type="mistral", hidden_size=4096, intermediate_size=14336, num_attention_heads=32,
                        num_key_value_heads=8, num_hidden_layers=32, vocab_size=32000, max_position_embeddings=8192,
                        tie_word_embeddings=False),
+    # LLaMA-shaped checkpoints for memory benchmarks (SmolLM2's 49152-token vocabulary, untied head).
+    "llama-0.5b": dict(model_type="llama", hidden_size=1024, intermediate_size=4096, num_attention_heads=16,
+                       num_key_value_heads=8, num_hidden_layers=24, vocab_size=49152, max_position_embeddings=8192,
+                       tie_word_embeddings=False),
+    "llama-1.5b": dict(model_type="llama", hidden_size=1536, intermediate_size=8960, num_attention_heads=12,
+                       num_key_value_heads=2, num_hidden_layers=28, vocab_size=49152, max_position_embeddings=8192,
+                       tie_word_embeddings=False),
+    "llama-3b": dict(model_type="llama", hidden_size=2048, intermediate_size=11008, num_attention_heads=16,
+                     num_key_value_heads=2, num_hidden_layers=36, vocab_size=49152, max_position_embeddings=8192,
+                     tie_word_embeddings=False),
 }
 
 
@@ -118,3 +128,67 @@ def synth_pair(config: str | Path | dict[str, Any], out: Path, *, dtype: torch.d
             calibration=None, layers=tuple(records), dtype=str(dtype).removeprefix("torch."),
         ).save(tmp)
     return SynthPair(dense_dir, sparse_dir, int(model.config.num_hidden_layers), sum(p.numel() for p in model.parameters()))
+
+
+def _random_like(name: str, t: torch.Tensor, g: torch.Generator, std: float) -> torch.Tensor:
+    """Norm weights 1, biases 0, everything else N(0, std) (in float32, then cast)."""
+    if t.dim() == 1:
+        return (torch.zeros if name.endswith("bias") else torch.ones)(t.shape, dtype=t.dtype)
+    return (torch.randn(t.shape, generator=g) * std).to(t.dtype)
+
+
+def write_streamed_checkpoint(config: str | Path | dict[str, Any], out: Path, *, dtype: torch.dtype, seed: int,
+                              num_layers: int | None = None, shard_bytes: int = 2 * 1000**3,
+                              tokenizer_dir: Path | None = None, overwrite: bool = False) -> int:
+    """Write a random dense checkpoint one decoder layer at a time (never holding the model); returns its parameter count.
+
+    The model is built weightless (``meta``); each layer's tensors are drawn, written to a file and
+    dropped; the files become HF shards (``model.safetensors.index.json`` when there are several).
+    ``tokenizer_dir``: copy that folder's tokenizer so the checkpoint can be calibrated and evaluated.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from sparse_trt.models.safetensors_io import write_sharded, write_tensors
+    from sparse_trt.models.streaming import parameters_on_meta, tied_duplicates
+
+    d = load_config_dict(config)
+    d.pop("architectures", None)
+    if num_layers is not None:
+        d["num_hidden_layers"] = int(num_layers)
+    model_type = d.pop("model_type")
+    adapter = adapter_for(model_type)
+    cfg = AutoConfig.for_model(model_type, **d)
+    with parameters_on_meta():
+        model = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
+    g = torch.Generator().manual_seed(seed)
+    std = float(getattr(cfg, "initializer_range", 0.02))
+    layers_prefix = adapter.layers_path + "."
+    skip = tied_duplicates(model)
+    params = 0
+    with atomic_output_dir(Path(out), overwrite=overwrite, what="synthetic model folder") as tmp:
+        parts_dir = tmp / ".parts"
+        parts_dir.mkdir()
+        parts = []
+        rest = {n: _random_like(n, t, g, std) for n, t in model.state_dict().items()
+                if not n.startswith(layers_prefix) and n not in skip}
+        parts.append(parts_dir / "rest.safetensors")
+        write_tensors({adapter.stored_name(n): t for n, t in rest.items()}, parts[-1])
+        params += sum(t.numel() for t in rest.values())
+        del rest
+        for i, layer in enumerate(adapter.layers(model)):
+            prefix = f"{adapter.layers_path}.{i}"
+            tensors = {adapter.stored_name(f"{prefix}.{n}"): _random_like(n, t, g, std) for n, t in layer.state_dict().items()}
+            parts.append(parts_dir / f"layer-{i:05d}.safetensors")
+            write_tensors(tensors, parts[-1])
+            params += sum(t.numel() for t in tensors.values())
+        write_sharded(parts, tmp, shard_bytes)
+        for p in parts:
+            p.unlink()
+        parts_dir.rmdir()
+        model.config.architectures = [type(model).__name__]
+        model.config.save_pretrained(tmp)
+        if tokenizer_dir is not None:
+            from transformers import AutoTokenizer
+
+            AutoTokenizer.from_pretrained(str(tokenizer_dir)).save_pretrained(tmp)
+    return params

@@ -25,7 +25,7 @@ _META = torch.device("meta")
 
 
 @contextlib.contextmanager
-def _parameters_on_meta() -> Iterator[None]:
+def parameters_on_meta() -> Iterator[None]:
     """Every parameter registered inside is created on ``meta`` (no memory, no initialisation cost)."""
     original = nn.Module.register_parameter
 
@@ -40,6 +40,47 @@ def _parameters_on_meta() -> Iterator[None]:
         yield
     finally:
         nn.Module.register_parameter = original  # type: ignore[method-assign]
+
+
+class _Libc:
+    """glibc's allocator controls (no-ops elsewhere)."""
+
+    M_MMAP_THRESHOLD = -3
+
+    def __init__(self) -> None:
+        import ctypes
+        import ctypes.util
+
+        try:
+            lib = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            self.trim, self.mallopt = lib.malloc_trim, lib.mallopt
+        except (OSError, AttributeError):
+            self.trim = self.mallopt = None
+
+    def large_blocks_from_mmap(self, threshold: int = 1 << 20) -> None:
+        """Allocate blocks above ``threshold`` with mmap, so freeing one returns it to the OS at once.
+
+        glibc raises its mmap threshold after large frees and then serves layer-sized tensors from
+        its heap, which it keeps: measured on a 12-layer fp32 model (hidden 768), the streamed walk
+        grew by about a layer per layer walked, and its peak was 294 MB above the start; with a
+        fixed 1 MiB threshold (and a trim after each layer) it stays flat, peak 195 MB.
+        """
+        if self.mallopt is not None:
+            self.mallopt(self.M_MMAP_THRESHOLD, threshold)
+
+    def return_freed(self) -> None:
+        if self.trim is not None:
+            self.trim(0)
+
+
+_LIBC: _Libc | None = None
+
+
+def _libc() -> _Libc:
+    global _LIBC
+    if _LIBC is None:
+        _LIBC = _Libc()
+    return _LIBC
 
 
 def _set_tensor(module: nn.Module, name: str, value: torch.Tensor) -> None:
@@ -90,6 +131,7 @@ class StreamedLayers:
         for n, t in layer.state_dict(keep_vars=True).items():
             if n in self._persistent_params(layer):
                 _set_tensor(layer, n, torch.empty(t.shape, dtype=t.dtype, device=_META))
+        _libc().return_freed()
 
     @staticmethod
     def _persistent_params(layer: nn.Module) -> set[str]:
@@ -100,13 +142,14 @@ def load_skeleton(folder: Path, config, adapter: Adapter, dtype: torch.dtype | N
     """The model with its decoder layers weightless (``meta``) and everything else read from ``folder``."""
     from transformers import AutoModelForCausalLM
 
+    _libc().large_blocks_from_mmap()  # before anything layer-sized is allocated
     index = WeightIndex.open(folder)
     if dtype is None:
         dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or index.first_float_dtype()
         if isinstance(dtype, str):
             dtype = getattr(torch, dtype.replace("torch.", ""), None)
     dtype = dtype if isinstance(dtype, torch.dtype) else torch.float32
-    with _parameters_on_meta():
+    with parameters_on_meta():
         try:
             model = AutoModelForCausalLM.from_config(config, dtype=dtype)
         except Exception as e:  # noqa: BLE001 - transformers raises many kinds
