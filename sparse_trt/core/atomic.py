@@ -198,9 +198,9 @@ def check_output_file(path: Path, overwrite: bool, what: str = "output file", *,
 def stale_temps(path: Path) -> list[Path]:
     """Temp folders/files a killed run left beside ``path`` (``.NAME.tmp-*``, ``.NAME.old-*``)."""
     path = Path(path).absolute()
+    prefixes = (f".{path.name}.tmp-", f".{path.name}.old-")
     try:
-        return sorted(p for p in path.parent.glob(f".{path.name}.*-*")
-                      if p.name.startswith((f".{path.name}.tmp-", f".{path.name}.old-")))
+        return sorted(p for p in path.parent.iterdir() if p.name.startswith(prefixes))
     except OSError:
         return []
 
