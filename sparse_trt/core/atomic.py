@@ -175,7 +175,10 @@ def check_output_dir(path: Path, overwrite: bool, what: str = "output directory"
             f"{what} '{path}' already exists",
             fix="choose another path, or pass --overwrite to replace it (it is replaced only on success)",
         )
-    if not path.is_dir() or path.is_symlink():
+    if path.is_symlink():
+        raise OutputExistsError(f"{what} '{path}' is a symbolic link; replacing it would not replace what it points to",
+                                fix="give the real folder, or another path")
+    if not path.is_dir():
         raise OutputExistsError(f"{what} '{path}' exists and is not a folder", fix="remove it or pick another path")
     _check_replaceable(path, what, inputs, is_tool_output(path))
 
