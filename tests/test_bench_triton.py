@@ -63,3 +63,21 @@ def test_bench_run_and_triton_load_alias_agree(server, tiny_dirs, tmp_path):
     assert 0.5 < a.output_token_throughput / b.output_token_throughput < 2.0
     assert 0.33 < a.itl_s.p50 / b.itl_s.p50 < 3.0
     assert ResultsFile.load(load_json).runs[0].token_counts.startswith("server")
+
+
+def test_bench_run_over_http_generate_stream(server, tiny_dirs, tmp_path):
+    """protocol=http: the same load generator over Triton's HTTP generate_stream (as HTTP clients such as AIPerf send)."""
+    out = tmp_path / "http.json"
+    r = CliRunner().invoke(app, [
+        "bench", "run", "ensemble", "-b", "triton", "--device", "cpu", "-o", str(out),
+        "--opt", "protocol=http", "--opt", f"http_url={server.http_url}", "--opt", "interface=text",
+        "--opt", f"tokenizer={tiny_dirs('llama')}", "--input-lens", "8", "--output-lens", "5", "--concurrency", "2",
+        "--requests", "4", "--warmup", "2"])
+    assert r.exit_code == 0, r.output
+    run = ResultsFile.load(out).runs[0]
+    p = run.points[0]
+    assert p.requests == 4 and p.output_tokens == 20 and p.itl_s.n == 4 and p.ttft_s.p50 > 0
+    assert "HTTP generate_stream" in run.token_counts and run.backend_info["protocol"] == "http"
+    bad = CliRunner().invoke(app, ["bench", "run", "ensemble", "-b", "triton", "--device", "cpu", "-o", str(tmp_path / "x.json"),
+                                   "--opt", "protocol=carrier-pigeon"])
+    assert bad.exit_code == 2 and "protocol" in bad.output

@@ -12,7 +12,9 @@ whether sparse kernels ran is *unknown*), ``vocab_size`` (prompt ids are drawn b
 the engine's, else 1000), ``end_id`` (default -1: never stop early), ``timeout_s`` (default 600),
 ``input_ids``/``input_lengths``/``request_output_len``/``streaming``/``end_id_name``/``output_ids``
 (tensor names). ``interface=text`` (+ ``tokenizer=DIR``): call the text entry model of a repository
-written by ``sparse-trt triton repo`` instead (see ``sparse_trt.serve.triton.bench_adapter``); requests
+written by ``sparse-trt triton repo`` instead (see ``sparse_trt.serve.triton.bench_adapter``);
+``protocol=http`` (+ ``http_url=HOST:PORT``, default localhost:8000) sends those text requests to the HTTP
+``generate_stream`` endpoint instead of gRPC (server-sent events, one per token), as HTTP clients do; requests
 that carry text prompts (``GenerationRequest.texts``, as ``sparse-trt triton load`` sends) need no
 tokenizer. Memory: the server's (``metrics_url=http://HOST:PORT/metrics`` for its GPU memory; a local
 server's process tree RSS is found through /proc, or ``server_pid=PID``), labelled server.
@@ -29,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from sparse_trt.core.deps import require
+from sparse_trt.core.errors import InputError
 
 from ..errors import BackendError
 from ..results import SparseKernels
@@ -95,6 +98,10 @@ class TritonBackend(Backend):
     def __init__(self, spec) -> None:
         super().__init__(spec)
         self.url = spec.options.get("url", "localhost:8001")
+        self.protocol = spec.options.get("protocol", "grpc")
+        if self.protocol not in ("grpc", "http"):
+            raise InputError(f"--opt protocol={self.protocol} is not known", fix="use protocol=grpc (default) or protocol=http")
+        self.http_url = spec.options.get("http_url", "localhost:8000")
         self.names = {k: spec.options.get(k, v) for k, v in DEFAULT_NAMES.items()}
         self.engine_dir: Path | None = check_engine_dir(spec.options["engine_dir"]) if "engine_dir" in spec.options else None
         self.cfg = engine_config(self.engine_dir) if self.engine_dir else {}
@@ -120,6 +127,9 @@ class TritonBackend(Backend):
             self._text = TextInterface(self.spec.options)
         elif self.spec.options.get("interface", "tokens") == "text":
             self._text_only = True  # text prompts only (triton load): no tokenizer needed
+        if self.protocol == "http":
+            self._check_http()
+            return
         client = self._grpc.InferenceServerClient(url=self.url)
         try:
             live = client.is_server_live()
@@ -131,6 +141,23 @@ class TritonBackend(Backend):
             client.close()
         if not live or not ready:
             raise BackendError(f"Triton model '{self.spec.model}' is not ready on {self.url}",
+                               fix="check the server log and the model repository")
+
+    def _check_http(self) -> None:
+        import urllib.error
+        import urllib.request
+
+        url = f"http://{self.http_url}/v2/models/{self.spec.model}/ready"
+        try:
+            with urllib.request.urlopen(url, timeout=10) as r:  # noqa: S310 - the user's server
+                ok = r.status == 200
+        except urllib.error.HTTPError:
+            ok = False
+        except (urllib.error.URLError, OSError) as e:
+            raise BackendError(f"Triton server at http://{self.http_url} is not reachable ({e})",
+                               fix="start it (sparse-trt triton serve) or pass --opt http_url=HOST:PORT") from None
+        if not ok:
+            raise BackendError(f"Triton model '{self.spec.model}' is not ready on http://{self.http_url}",
                                fix="check the server log and the model repository")
 
     def vocab_size(self) -> int:
@@ -196,7 +223,50 @@ class TritonBackend(Backend):
             self._counter += 1
             return f"sparse-trt-{self._counter}"
 
+    def _http_sequence(self, text: str, max_new_tokens: int, n_in: int) -> SequenceTiming:
+        """One sequence over HTTP ``generate_stream`` (server-sent events, one per token)."""
+        from sparse_trt.serve.triton.client import SamplingParams, http_generate_stream
+
+        temp = float(self.spec.options["temperature"]) if "temperature" in self.spec.options else None
+        ignore_eos = self.spec.options.get("ignore_eos", "true").lower() not in ("0", "false", "no")
+        params = SamplingParams(max_tokens=max_new_tokens, temperature=temp, ignore_eos=ignore_eos)
+        timeout = float(self.spec.options.get("timeout_s", "600"))
+        start = time.perf_counter()
+        times = [time.perf_counter() for ev in http_generate_stream(self.http_url, text, params, model=self.spec.model,
+                                                                      timeout_s=timeout) if "text_output" in ev]
+        end = times[-1] if times else time.perf_counter()
+        return SequenceTiming(start, times[0] if times else end, end, n_in, len(times), times)
+
+    def _generate_http(self, request: GenerationRequest) -> list[SequenceTiming]:
+        texts = request.texts
+        if texts is None:
+            if self._text is None:
+                raise BackendError("--opt protocol=http sends text: it needs --opt interface=text and --opt tokenizer=DIR",
+                                   fix="add --opt interface=text --opt tokenizer=PATH/TO/HF_MODEL")
+            texts = [self._text.prompt_text(p) for p in request.prompts]
+        if len(texts) == 1:
+            return [self._http_sequence(texts[0], request.max_new_tokens, len(request.prompts[0]))]
+        out: list[SequenceTiming | None] = [None] * len(texts)
+        errors: list[BaseException] = []
+
+        def one(i: int) -> None:
+            try:
+                out[i] = self._http_sequence(texts[i], request.max_new_tokens, len(request.prompts[i]))
+            except BaseException as e:  # noqa: BLE001 - re-raised below
+                errors.append(e)
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(len(texts))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            raise errors[0]
+        return [o for o in out if o is not None]
+
     def generate(self, request: GenerationRequest) -> list[SequenceTiming]:
+        if self.protocol == "http":
+            return self._generate_http(request)
         if self._grpc is None:
             raise RuntimeError("backend not loaded")
         s = self._stream()
@@ -248,6 +318,8 @@ class TritonBackend(Backend):
         return self.report
 
     def token_counts(self) -> str:
+        if self.protocol == "http":
+            return "server: one server-sent event per generated token (HTTP generate_stream)"
         if self._text is not None or self._text_only:
             return "server: one streamed response per generated token (text interface)"
         return f"server: lengths of the streamed '{self.names['output_ids']}' tensors"
@@ -264,7 +336,7 @@ class TritonBackend(Backend):
         return manifest_quality(*dirs)
 
     def info(self) -> dict[str, Any]:
-        return {"url": self.url, "model": self.spec.model, "tensor_names": dict(self.names),
+        return {"url": self.url, "protocol": self.protocol, "model": self.spec.model, "tensor_names": dict(self.names),
                 "engine_dir": str(self.engine_dir) if self.engine_dir else None}
 
     def close(self) -> None:
