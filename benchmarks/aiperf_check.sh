@@ -10,12 +10,13 @@
 #   3. runs the same workload RUNS times with each client, alternating which goes first
 #      (prompt ISL tokens, exactly OSL generated tokens, CONC closed-loop workers, REQS measured
 #      requests after WARM warm-up requests): AIPerf through Triton's HTTP generate_stream endpoint,
-#      sparse-trt through gRPC streaming (`--opt interface=text`);
+#      sparse-trt through the same endpoint (PROTOCOL=http, default) or gRPC streaming (PROTOCOL=grpc);
 #   4. writes both side by side to OUT_DIR/summary.md and into benchmarks/RESULTS.md (between the
 #      `aiperf-check` markers), with machine, date and load.
 # Target: output token throughput and p50 TTFT / ITL within 10% of AIPerf's.
 #
 # Knobs (environment): MODEL (HF folder or `smollm2`), ISL (64), OSL (32), CONC (2), REQS (16), WARM (2),
+# PROTOCOL (http: sparse-trt uses the same HTTP generate_stream endpoint as AIPerf; grpc: gRPC streaming),
 # RUNS (2), AIPERF_VENV (~/.cache/sparse_trt/aiperf-venv), AIPERF_VERSION (0.13.0), TIMEOUT_S (900 per client run),
 # RESULTS (benchmarks/RESULTS.md; set RESULTS= to skip writing it).
 set -euo pipefail
@@ -25,6 +26,7 @@ OUT_ARG="${1:-${TMPDIR:-/tmp}/sparse_trt-aiperf-check}"
 OUT="$(mkdir -p "$OUT_ARG" && cd "$OUT_ARG" && pwd)"
 MODEL="${MODEL:-smollm2}"
 ISL="${ISL:-64}"; OSL="${OSL:-32}"; CONC="${CONC:-2}"; REQS="${REQS:-16}"; WARM="${WARM:-2}"; RUNS="${RUNS:-2}"
+PROTOCOL="${PROTOCOL:-http}"
 AIPERF_VENV="${AIPERF_VENV:-$HOME/.cache/sparse_trt/aiperf-venv}"
 AIPERF_VERSION="${AIPERF_VERSION:-0.13.0}"
 TIMEOUT_S="${TIMEOUT_S:-900}"
@@ -110,7 +112,8 @@ run_aiperf() {  # $1: run number
 run_ours() {
   log "sparse-trt run $1"
   timeout "$TIMEOUT_S" nice -n 5 sparse-trt bench run ensemble --backend triton --device cpu \
-    --opt "url=127.0.0.1:$GRPC" --opt interface=text --opt "tokenizer=$HF" \
+    --opt "url=127.0.0.1:$GRPC" --opt "http_url=127.0.0.1:$HTTP" --opt "protocol=$PROTOCOL" \
+    --opt interface=text --opt "tokenizer=$HF" \
     --input-lens "$ISL" --output-lens "$OSL" --concurrency "$CONC" --requests "$REQS" --warmup "$WARM" \
     --label "sparse-trt run $1" -o "$OUT/ours-$1.json" --overwrite > "$OUT/ours-$1.log" 2>&1 \
     || { log "sparse-trt failed:"; tail -30 "$OUT/ours-$1.log" >&2; exit 1; }
@@ -123,10 +126,10 @@ done
 UPTIME_END="$(uptime)"
 
 # 4. side by side -----------------------------------------------------------------------------------
-"$PY" - "$OUT" "$RUNS" "$AIPERF_VER" "$UPTIME_START" "$UPTIME_END" "$ISL" "$OSL" "$CONC" "$REQS" "$WARM" "$MODEL_NAME" "${RESULTS:-}" <<'EOF'
+"$PY" - "$OUT" "$RUNS" "$AIPERF_VER" "$UPTIME_START" "$UPTIME_END" "$ISL" "$OSL" "$CONC" "$REQS" "$WARM" "$MODEL_NAME" "$PROTOCOL" "${RESULTS:-}" <<'EOF'
 import json, os, platform, sys, datetime
 from pathlib import Path
-out, runs, aiver, up0, up1, isl, osl, conc, reqs, warm, hf, results = sys.argv[1:]
+out, runs, aiver, up0, up1, isl, osl, conc, reqs, warm, hf, proto, results = sys.argv[1:]
 out, runs = Path(out), int(runs)
 
 def aiperf(run):
@@ -181,7 +184,8 @@ md = "\n".join([
     *rows,
     "",
     "AIPerf counts output tokens by re-tokenising the streamed text; sparse-trt counts the server's streamed "
-    "responses (one per generated token). AIPerf sends over HTTP (generate_stream), sparse-trt over gRPC streaming.",
+    "responses (one per generated token). AIPerf sends over HTTP (generate_stream); sparse-trt over "
+    + ("the same HTTP endpoint." if proto == "http" else "gRPC streaming."),
     "<!-- aiperf-check:end -->",
     ""])
 (out / "summary.md").write_text(md)
