@@ -192,3 +192,21 @@ def test_peak_memory_stays_below_the_model(calib_file, tmp_path):
     assert grown < 0.4 * model_bytes, (grown, model_bytes)
     assert Manifest.load(tmp_path / "out").memory["streamed"] is True
     assert len(out_weights(tmp_path / "out")) == len(out_weights(src))
+
+
+def test_cli_shard_size_and_max_memory(calib_file, tmp_path):
+    from typer.testing import CliRunner
+
+    from sparse_trt.cli.main import app
+
+    src = save_two_shards("llama", tmp_path / "src")
+    out = tmp_path / "out"
+    base = ["prune", str(src), "-o", str(out), "--calib", str(calib_file), "--nsamples", "4", "--seqlen", "32",
+            "--device", "cpu"]
+    res = CliRunner().invoke(app, [*base, "--shard-size", "100KB", "--max-memory", "1KB"])
+    assert res.exit_code == 0, res.output
+    m = Manifest.load(out)
+    assert m.memory["activations"] == "disk" and m.memory["streamed"] is True
+    assert json.loads((out / INDEX).read_text())["weight_map"]
+    res = CliRunner().invoke(app, [*base[:3], str(tmp_path / "bad"), *base[4:], "--shard-size", "lots"])
+    assert res.exit_code == 2 and "--shard-size 'lots' is not a size" in res.output

@@ -95,10 +95,14 @@ def prune_cmd(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing OUT (only once the new one is complete)."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow models that ship custom code."),
     chunk_samples: int | None = typer.Option(None, "--chunk-samples", help="Windows per layer forward (default: as many as fit in memory; all of them gives one pass per layer)."),
+    max_memory: str | None = typer.Option(None, "--max-memory", help="Host memory the calibration activations may take, e.g. 8GB (default: half the available); beyond it they go to memory-mapped files next to OUT."),
+    shard_size: str = typer.Option("5GB", "--shard-size", help="Largest output weight file, e.g. 2GB (HF shards with model.safetensors.index.json)."),
+    in_memory: bool = typer.Option(False, "--in-memory", help="Load the whole model instead of streaming one decoder layer at a time from its safetensors shards."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show library logs."),
 ) -> None:
     """Prune MODEL one decoder layer at a time and write a pruned HF checkpoint with sparsity.json."""
     from sparse_trt.core.patterns import parse_pattern
+    from sparse_trt.core.sizes import parse_size
     from sparse_trt.data.text import parse_source
     from sparse_trt.prune.api import PruneRequest
     from sparse_trt.prune.methods import get_method
@@ -140,6 +144,9 @@ def prune_cmd(
         overwrite=overwrite,
         trust_remote_code=trust_remote_code,
         chunk_samples=chunk_samples,
+        streaming=not in_memory,
+        max_memory=None if max_memory is None else parse_size(max_memory, "--max-memory"),
+        shard_bytes=parse_size(shard_size, "--shard-size"),
     )
     outcome = prune_with_progress(req)
     m = outcome.manifest
