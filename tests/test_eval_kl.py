@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -114,15 +113,21 @@ def _local_task(folder: Path) -> Path:
     return folder
 
 
-def test_local_multiple_choice_task_offline(tiny_dirs, tmp_path, monkeypatch):
+def test_eval_tasks_cli_runs_a_local_multiple_choice_task_offline(pruned, calib_jsonl, tmp_path, monkeypatch):
     pytest.importorskip("lm_eval", reason="the lm-eval extra is not installed")
+    from typer.testing import CliRunner
+
+    from sparse_trt.cli.main import app
+
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
     tasks = _local_task(tmp_path)
-    with pytest.raises(InputError, match="does not know"):
-        run_tasks(str(tiny_dirs("llama")), ["no_such_task_xyz"], CPU, include_path=tasks)
-    r = run_tasks(str(tiny_dirs("llama")), ["tiny_mc"], CPU, include_path=tasks)
-    acc = [s for s in r.scores if s.task == "tiny_mc" and s.metric == "acc"]
-    assert len(acc) == 1 and 0.0 <= acc[0].value <= 1.0 and math.isfinite(acc[0].value)
-    assert acc[0].value * 6 == pytest.approx(round(acc[0].value * 6))  # a fraction of the 6 documents
+    r = CliRunner().invoke(app, ["eval", str(pruned), "--data", str(calib_jsonl), "--seqlen", "32", "--max-windows", "2",
+                                 "--device", "cpu", "--tasks", "tiny_mc", "--tasks-path", str(tasks)])
+    assert r.exit_code == 0, r.output
+    assert "tiny_mc" in r.output and "acc" in r.output
+    scores = Manifest.load(pruned).quality["tasks"]["scores"]
+    acc = [s for s in scores if s["task"] == "tiny_mc" and s["metric"] == "acc"]
+    assert len(acc) == 1 and 0.0 <= acc[0]["value"] <= 1.0
+    assert acc[0]["value"] * 6 == pytest.approx(round(acc[0]["value"] * 6))  # a fraction of the 6 documents
