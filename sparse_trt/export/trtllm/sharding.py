@@ -170,22 +170,29 @@ def _shard_linear(lin: Linear, conv: Converted, tp: int, r: int) -> tuple[torch.
     return w, b, [(lin.sources[0], 0, w.shape[0])]
 
 
-def shard(conv: Converted, mapping: Mapping, rank: int, dtype: torch.dtype) -> tuple[dict[str, torch.Tensor], dict[str, list[Segment]]]:
-    """The tensors of one rank file (contiguous, in ``dtype``) and the provenance of its linear weights."""
-    tp, tp_rank, pp_rank = mapping.tp, mapping.tp_rank(rank), mapping.pp_rank(rank)
+def shard_layer(conv: Converted, mapping: Mapping, rank: int, global_i: int, local_i: int,
+                dtype: torch.dtype) -> tuple[dict[str, torch.Tensor], dict[str, list[Segment]]]:
+    """One decoder layer's tensors in one rank file (contiguous, in ``dtype``) and their provenance."""
+    tp_rank = mapping.tp_rank(rank)
     out: dict[str, torch.Tensor] = {}
     prov: dict[str, list[Segment]] = {}
-    for local_i, global_i in enumerate(mapping.layers(rank, len(conv.layers))):
-        prefix = f"transformer.layers.{local_i}."
-        for local, item in conv.layers[global_i].items():
-            if isinstance(item, Linear):
-                w, b, segs = _shard_linear(item, conv, tp, tp_rank)
-                out[prefix + local + ".weight"] = w
-                prov[prefix + local + ".weight"] = segs
-                if b is not None:
-                    out[prefix + local + ".bias"] = b
-            else:
-                out[prefix + local] = item
+    prefix = f"transformer.layers.{local_i}."
+    for local, item in conv.layers[global_i].items():
+        if isinstance(item, Linear):
+            w, b, segs = _shard_linear(item, conv, mapping.tp, tp_rank)
+            out[prefix + local + ".weight"] = w
+            prov[prefix + local + ".weight"] = segs
+            if b is not None:
+                out[prefix + local + ".bias"] = b
+        else:
+            out[prefix + local] = item
+    return {k: v.to(dtype).contiguous().clone() for k, v in out.items()}, prov
+
+
+def shard_ends(conv: Converted, mapping: Mapping, rank: int, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """The tensors outside the decoder layers in one rank file: embeddings (first pp rank), ln_f and head (last)."""
+    tp, tp_rank, pp_rank = mapping.tp, mapping.tp_rank(rank), mapping.pp_rank(rank)
+    out: dict[str, torch.Tensor] = {}
     if pp_rank == 0:
         out.update(conv.first)
     if pp_rank == mapping.pp - 1:
@@ -196,7 +203,19 @@ def shard(conv: Converted, mapping: Mapping, rank: int, dtype: torch.dtype) -> t
             if padded != head.shape[0]:
                 head = torch.nn.functional.pad(head, (0, 0, 0, padded - head.shape[0]))
             out["lm_head.weight"] = _split(head, tp, tp_rank, 0)
-    return {k: v.to(dtype).contiguous().clone() for k, v in out.items()}, prov
+    return {k: v.to(dtype).contiguous().clone() for k, v in out.items()}
+
+
+def shard(conv: Converted, mapping: Mapping, rank: int, dtype: torch.dtype) -> tuple[dict[str, torch.Tensor], dict[str, list[Segment]]]:
+    """The tensors of one rank file (contiguous, in ``dtype``) and the provenance of its linear weights."""
+    out: dict[str, torch.Tensor] = {}
+    prov: dict[str, list[Segment]] = {}
+    for local_i, global_i in enumerate(mapping.layers(rank, len(conv.layers))):
+        t, p = shard_layer(conv, mapping, rank, global_i, local_i, dtype)
+        out.update(t)
+        prov.update(p)
+    out.update(shard_ends(conv, mapping, rank, dtype))
+    return out, prov
 
 
 # ------------------------------------------------------------------------------------ reassembly
