@@ -185,3 +185,22 @@ def test_every_family(family, tiny_dirs, calib_file, calib_jsonl, tmp_path_facto
         w0, w1 = before[f"{r.name}.weight"], after[f"{r.name}.weight"]
         assert torch.equal(w1[w0 == 0], torch.zeros_like(w1[w0 == 0]))
     assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_cli(pruned_llama, tiny_dirs, calib_file, calib_jsonl, tmp_path):
+    from typer.testing import CliRunner
+
+    from sparse_trt.cli.main import app
+
+    out = tmp_path / "rec"
+    common = ["--teacher", str(tiny_dirs("llama")), "--data", str(calib_file), "--eval-data", str(calib_jsonl),
+              "--tokens", "128", "--seqlen", "32", "--batch", "2", "--eval-windows", "2", "--device", "cpu"]
+    r = CliRunner().invoke(app, ["recover", str(pruned_llama), "-o", str(out), "--dtype", "bfloat16",
+                                 "--weight-decay", "0.1", *common])
+    assert r.exit_code == 0, r.output
+    assert "every pruned weight is still zero" in r.output and "KL to teacher" in r.output
+    assert verify_dir(out).ok and Manifest.load(out).recovery.schedule["compute_dtype"] == "bfloat16"
+    r = CliRunner().invoke(app, ["recover", str(tiny_dirs("llama")), "-o", str(tmp_path / "x"), *common])
+    assert r.exit_code == 3 and "prune it first" in r.output
+    r = CliRunner().invoke(app, ["recover", str(pruned_llama), "-o", str(out), *common])
+    assert r.exit_code == 2 and "already exists" in r.output
