@@ -1,4 +1,4 @@
-"""Issue 6 quality methods: RIA, mask + OBS update, N:M swap refinement (pure functions + walker)."""
+"""Quality methods beyond SparseGPT: RIA, mask + OBS update, N:M swap refinement (pure functions + walker)."""
 
 from __future__ import annotations
 
