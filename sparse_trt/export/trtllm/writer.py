@@ -24,11 +24,13 @@ from sparse_trt.core.errors import InputError, ManifestError, ModelLoadError
 from sparse_trt.core.jsonio import read_json_object
 from sparse_trt.core.manifest import MANIFEST_NAME, Manifest
 from sparse_trt.core.patterns import NM, Pattern, nm_violations, parse_pattern
+from sparse_trt.models.safetensors_io import WeightIndex
 
 from .errors import NotPrunedError, PatternBrokenError
 from .families import Converted, Family, family_for
 from .quantized import QUANT_FILES, float_view, prepare_quantized
 from .sharding import Mapping, Segment, check_parallelism, shard
+from .streamed import convert_part, write_rank_streamed
 
 log = logging.getLogger(__name__)
 
@@ -203,8 +205,14 @@ def export_trtllm(
     overwrite: bool = False,
     allow_dense: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    streaming: bool = True,
 ) -> ExportResult:
-    """Export a (pruned) HF folder to a TensorRT-LLM unified checkpoint at ``out``, atomically."""
+    """Export a (pruned) HF folder to a TensorRT-LLM unified checkpoint at ``out``, atomically.
+
+    ``streaming`` (unquantized exports): each rank file is written one decoder layer at a time
+    (export/trtllm/streamed.py), so memory does not grow with the model; False converts the whole
+    model first.
+    """
     model_dir = Path(model_dir)
     out = Path(out)
     check_output_dir(out, overwrite, "checkpoint directory")
@@ -219,8 +227,12 @@ def export_trtllm(
     dtype_name = str(dtype).removeprefix("torch.")
     if dtype_name not in EXPORT_DTYPES:
         raise InputError(f"dtype {dtype_name} is not supported for export", fix=f"use one of {', '.join(EXPORT_DTYPES)}")
-    conv = family.convert(hf, weights.get, weights.find, dtype_name)
-    qexp = prepare_quantized(model_dir, conv, family)  # quantization.json: FP8 / INT8-SQ checkpoint
+    index = WeightIndex.open(model_dir) if streaming and not any((model_dir / q).is_file() for q in QUANT_FILES) else None
+    if index is not None:  # weightless conversion: shapes for the checks and config; data is read per layer
+        conv = convert_part(family, hf, index, dtype_name, -1)
+    else:
+        conv = family.convert(hf, weights.get, weights.find, dtype_name)
+    qexp = prepare_quantized(model_dir, conv, family) if index is None else None  # quantization.json: FP8 / INT8-SQ
     mapping = check_parallelism(conv, family, tp, pp, patterns)
     pattern = manifest.pattern if manifest is not None else None
     result = ExportResult(out.absolute(), family.name, conv.config["architecture"], dtype_name, tp, pp, pattern)
@@ -229,6 +241,20 @@ def export_trtllm(
         result.config["quantization"] = qexp.config_block()
     with atomic_output_dir(out, overwrite=overwrite, what="checkpoint directory") as tmp:
         for rank in range(mapping.world_size):
+            if index is not None:
+                fname = f"rank{rank}.safetensors"
+                n, checked = write_rank_streamed(rank, tmp / fname, family, hf, index, dtype_name, mapping,
+                                                 len(conv.layers), dtype, check_shard, patterns)
+                result.checked_weights += checked
+                if rank == mapping.world_size - 1 and manifest is not None and isinstance(manifest.parsed_pattern, NM) \
+                        and result.checked_weights == 0:
+                    raise ManifestError(f"no weight of '{model_dir}' was verified as {manifest.pattern} in the export",
+                                        fix=f"check it with `sparse-trt verify {model_dir}`; re-run `sparse-trt prune`")
+                result.ranks.append(RankFile(rank, fname, n, (tmp / fname).stat().st_size,
+                                             tuple(mapping.layers(rank, len(conv.layers)))))
+                if progress is not None:
+                    progress(rank, mapping.world_size)
+                continue
             tensors, prov = shard(conv, mapping, rank, dtype if qexp is None else qexp.source_dtype)
             if qexp is not None:
                 tensors = qexp.finish_rank(tensors, mapping, rank, dtype)
