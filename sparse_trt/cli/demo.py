@@ -50,7 +50,6 @@ def demo_cmd(
 
     On a CPU no sparse kernels exist, and the benchmark and report say so: zeros alone make nothing faster.
     """
-    from sparse_trt.core.errors import VerificationError
     from sparse_trt.core.patterns import parse_pattern
     from sparse_trt.data.text import TextSource
     from sparse_trt.eval.api import evaluate_loaded, record_quality
@@ -90,11 +89,7 @@ def demo_cmd(
     report = verify_dir(pruned_dir)
     held = len(report.layers) - len(report.failures)
     console.print(f"{'[green]OK' if report.ok else '[red]FAILED'}[/]: {held}/{len(report.layers)} linears hold {report.pattern}")
-    if not report.ok:
-        raise VerificationError(
-            f"{len(report.failures)} linears of {pruned_dir} violate {report.pattern}",
-            fix=f"run `sparse-trt verify {pruned_dir}` for the list; this is a bug worth reporting",
-        )
+    report.raise_for_failures()
 
     _step(3)
     results = {}
