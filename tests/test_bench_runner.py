@@ -61,8 +61,8 @@ def test_fake_backend_metrics_known_times():
 
 def test_compare_alternates_and_pairs():
     calls: list[str] = []
-    d = FakeBackend("dense", calls)
-    s = FakeBackend("sparse", calls, ttft=0.001)
+    d = FakeBackend("dense", calls, ttft=0.03)
+    s = FakeBackend("sparse", calls, ttft=0.002)  # 15x shorter TTFT: clear of a loaded machine's jitter
     rd, rs, cmp = compare_benchmark(d, s, [Workload(1, 4, 3, 1)], LoadSpec(requests=1, warmup=1), pairs=4)
     assert calls == ["dense", "sparse",  # warm-up
                      "dense", "sparse", "sparse", "dense", "dense", "sparse", "sparse", "dense"]
