@@ -24,7 +24,7 @@ def register(app: typer.Typer) -> None:
         batch: int = typer.Option(4, "--batch", help="Windows per micro-batch."),
         grad_accum: int = typer.Option(1, "--grad-accum", help="Micro-batches per optimizer step."),
         lr: float = typer.Option(1e-4, "--lr", help="Peak AdamW learning rate."),
-        warmup: float = typer.Option(0.05, "--warmup", help="Fraction of the optimizer steps spent warming up linearly (then cosine decay to 0)."),
+        warmup: float = typer.Option(0.05, "--warmup", help="Fraction of the optimizer steps spent warming up linearly from 0 (transformers' schedule: the first step then has learning rate 0), then cosine decay to 0."),
         weight_decay: float = typer.Option(0.0, "--weight-decay", help="AdamW decoupled weight decay on weight matrices (pruned weights stay exactly zero)."),
         temperature: float = typer.Option(1.0, "--temperature", help="Softmax temperature of the logit distillation (KL scaled by T^2)."),
         hidden_loss_weight: float = typer.Option(0.0, "--hidden-loss-weight", help="Weight of the normalised per-layer hidden-state loss (SquareHead-like); 0: logits only."),
