@@ -33,7 +33,7 @@ _FIELD_TYPES = {
     "stream": (lambda v: isinstance(v, bool), "true or false"),
     "ignore_eos": (lambda v: isinstance(v, bool), "true or false"),
 }
-_HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade", "host"}
+_HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade", "host", "expect"}
 
 
 class _Server(ThreadingHTTPServer):

@@ -8,10 +8,11 @@ folder holding the backend library, its utils module and the stub for *this* int
 the server with this interpreter's libpython first on LD_LIBRARY_PATH and its ``bin/`` first on PATH:
 the stub then embeds this environment's Python, so models import this environment's torch.
 
-The server's life is tied to the process that started it: on Linux it gets SIGTERM when that process
-dies (``prctl(PR_SET_PDEATHSIG)``, so ``kill -9`` of ``sparse-trt triton serve`` leaves no server; in-flight
-requests drain up to ``exit_timeout_s``), and it runs in its own process group, which ``stop()`` kills
-last. Before start-up the host and ports are checked; a busy port is reported with the PID holding it and
+The server's life is tied to the process that started it: on Linux the kernel kills it when that
+process dies (``prctl(PR_SET_PDEATHSIG, SIGKILL)``, so ``kill -9`` of ``sparse-trt triton serve`` leaves no
+server; our Python models' stubs exit within a second of their server), and it runs in its own process
+group, which ``stop()`` kills last. SIGKILL, not SIGTERM: a server draining an in-flight generation after
+its parent died was seen to hang in its own shutdown for over a minute, and nobody is left to drain for. Before start-up the host and ports are checked; a busy port is reported with the PID holding it and
 whether that is a stale server of ours. On shutdown a drain file appears (its path is in the server's
 environment as ``SPARSE_TRT_DRAIN_FILE``): our Python models then refuse new requests with UNAVAILABLE
 while the in-flight ones finish.
@@ -59,6 +60,7 @@ ENV_BINARY = "SPARSE_TRT_TRITONSERVER"
 SHM_DIR = Path("/dev/shm")
 SHM_PREFIX = "sparse_trt_pb_"
 DRAIN_ENV = "SPARSE_TRT_DRAIN_FILE"  # read by python_models/*.py
+EXIT_TIMEOUT_ENV = "SPARSE_TRT_EXIT_TIMEOUT_S"  # python_models/*.py stop draining just before it
 PR_SET_PDEATHSIG = 1
 HOW_TO_GET = (
     "pip install 'sparse_trt[triton]' (the nvidia-pytriton wheel bundles a CPU-capable tritonserver), "
@@ -254,15 +256,17 @@ def describe_holder(pid: int) -> str:
                      f"stop it with `kill {pid}`")
     elif name == "tritonserver":
         text += ", a tritonserver not started by sparse-trt"
+    elif any("sparse-trt" in a or "sparse_trt" in a for a in cmd) and "serve" in cmd:
+        text += ", a running `sparse-trt triton serve` (its HTTP front)"
     return text
 
 
 def _parent_death_signal(parent: int) -> Callable[[], None]:
-    """Popen preexec_fn: the child gets SIGTERM when ``parent`` dies (Linux prctl); it exits at once if it already has."""
+    """Popen preexec_fn: the child is killed when ``parent`` dies (Linux prctl); it exits at once if it already has."""
     libc = ctypes.CDLL(None, use_errno=True)  # loaded before the fork: the child only calls into it
 
     def preexec() -> None:  # pragma: no cover - runs in the child between fork and exec
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         if os.getppid() != parent:  # the parent died before prctl took effect
             os._exit(1)
 
@@ -444,6 +448,7 @@ class TritonServer:
         try:
             env = server_env(self.install)
             env[DRAIN_ENV] = str(self.drain_file)
+            env[EXIT_TIMEOUT_ENV] = str(self.exit_timeout_s)
             self.proc = subprocess.Popen(
                 cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 env=env, start_new_session=True, text=True, errors="replace", bufsize=1,

@@ -31,6 +31,7 @@ so streams progress side by side; there is no batched decoding. Greedy decoding 
 import json
 import os
 import threading
+import time
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -39,6 +40,22 @@ _DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16"
            "bfloat16": "bfloat16", "bf16": "bfloat16"}
 # set by `sparse-trt triton serve` in the server's environment: the file exists once shutdown has begun
 DRAIN_ENV = "SPARSE_TRT_DRAIN_FILE"
+EXIT_TIMEOUT_ENV = "SPARSE_TRT_EXIT_TIMEOUT_S"  # the server's --exit-timeout-secs
+
+
+def drain_timeout(cfg_value, default=60.0):
+    """Seconds finalize() lets in-flight generations run: under the server's exit timeout when it is known."""
+    try:
+        t = float(cfg_value) if cfg_value not in (None, "") else default
+    except ValueError:
+        t = default
+    env = os.environ.get(EXIT_TIMEOUT_ENV, "")
+    if env.strip():
+        try:
+            t = min(t, max(0.0, float(env) - 1.0))
+        except ValueError:
+            pass
+    return t
 
 
 def _param(cfg, key, default=""):
@@ -66,6 +83,22 @@ def _error(message, code="INVALID_ARG"):
 
 class BadRequest(ValueError):
     pass
+
+
+def _exit_with_server(interval_s=1.0):
+    """Exit this stub process once tritonserver, its parent, is gone (killed, or timed out while draining).
+
+    Without this an orphaned stub keeps a generation thread (and the model's memory) alive for ever.
+    """
+    parent = os.getppid()
+
+    def watch():
+        while True:
+            time.sleep(interval_s)
+            if os.getppid() != parent:
+                os._exit(0)
+
+    threading.Thread(target=watch, name="exit-with-server", daemon=True).start()
 
 
 class _Stop(Exception):
@@ -164,7 +197,9 @@ class TritonPythonModel:
         self.active = set()
         self.active_lock = threading.Lock()
         self.idle = threading.Condition(self.active_lock)
+        _exit_with_server()
         self.drain_file = os.environ.get(DRAIN_ENV, "")
+        self.closing = False  # set by finalize() once the drain time is over: generations stop at the next step
         pb_utils.Logger.log_info(
             f"{self.name}: loaded {model_dir} on {self.device} ({next(self.model.parameters()).dtype}); "
             f"context {self.context}; intra-op threads {self.threads} "
@@ -273,7 +308,7 @@ class TritonPythonModel:
                         if self.first:  # generate() first passes the prompt
                             self.first = False
                             return
-                        if sender.is_cancelled():  # checked at every decoding step
+                        if sender.is_cancelled() or model.closing:  # checked at every decoding step
                             raise _Stop()
                         new = [int(x) for x in value.reshape(-1).tolist()]
                         state["ids"].extend(new)
@@ -337,6 +372,9 @@ class TritonPythonModel:
                 self.idle.notify_all()
 
     def finalize(self):
-        # Drain: let in-flight generations finish (Triton waits for this before exiting).
+        # Drain: let in-flight generations finish (Triton waits for this before exiting), but only until just
+        # before the server's exit timeout; then stop them at their next step so the server can exit on time.
         with self.active_lock:
-            self.idle.wait_for(lambda: not self.active, timeout=float(_param(self.cfg, "drain_timeout_s", "60")))
+            self.idle.wait_for(lambda: not self.active, timeout=drain_timeout(_param(self.cfg, "drain_timeout_s", "")))
+            self.closing = True
+            self.idle.wait_for(lambda: not self.active, timeout=5.0)

@@ -25,11 +25,13 @@ import json
 import os
 import random
 import threading
+import time
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
 DRAIN_ENV = "SPARSE_TRT_DRAIN_FILE"
+EXIT_TIMEOUT_ENV = "SPARSE_TRT_EXIT_TIMEOUT_S"  # the server's --exit-timeout-secs
 
 
 def _param(cfg, key, default=""):
@@ -63,6 +65,22 @@ class BadRequest(ValueError):
     pass
 
 
+def _exit_with_server(interval_s=1.0):
+    """Exit this stub process once tritonserver, its parent, is gone (killed, or timed out while draining).
+
+    Without this an orphaned stub keeps a generation thread (and the model's memory) alive for ever.
+    """
+    parent = os.getppid()
+
+    def watch():
+        while True:
+            time.sleep(interval_s)
+            if os.getppid() != parent:
+                os._exit(0)
+
+    threading.Thread(target=watch, name="exit-with-server", daemon=True).start()
+
+
 class TritonPythonModel:
     def initialize(self, args):
         from transformers import AutoTokenizer
@@ -83,7 +101,9 @@ class TritonPythonModel:
             raise pb_utils.TritonModelException("the tokenizer has no eos token: set one in tokenizer_config.json")
         pad = self.tokenizer.pad_token_id
         self.end_id, self.pad_id = int(eos), int(pad if pad is not None else eos)
+        _exit_with_server()
         self.drain_file = os.environ.get(DRAIN_ENV, "")
+        self.closing = False
         self.active = set()
         self.lock = threading.Lock()
         self.idle = threading.Condition(self.lock)
@@ -196,7 +216,7 @@ class TritonPythonModel:
             for resp in responses:
                 if resp.has_error():
                     raise RuntimeError(resp.error().message())
-                if sender.is_cancelled():
+                if sender.is_cancelled() or self.closing:
                     cancelled = True
                     if hasattr(responses, "cancel"):
                         responses.cancel()
@@ -245,5 +265,11 @@ class TritonPythonModel:
                 self.idle.notify_all()
 
     def finalize(self):
+        try:
+            limit = max(0.0, float(os.environ.get(EXIT_TIMEOUT_ENV, "61")) - 1.0)
+        except ValueError:
+            limit = 60.0
         with self.lock:
-            self.idle.wait_for(lambda: not self.active, timeout=60)
+            self.idle.wait_for(lambda: not self.active, timeout=limit)
+            self.closing = True  # stop (and cancel inside the engine) what still runs
+            self.idle.wait_for(lambda: not self.active, timeout=5.0)
