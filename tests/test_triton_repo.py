@@ -387,8 +387,6 @@ def test_every_triton_option_has_help():
     group = typer.main.get_command(app).commands["triton"]
     missing = []
     for name, cmd in group.commands.items():
-        if name == "load":  # its options belong to the benchmark's load generator
-            continue
         for p in cmd.params:
             if isinstance(p, click.Option) and not (p.help or "").strip():
                 missing.append(f"{name} {p.opts[0]}")
