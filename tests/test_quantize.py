@@ -224,3 +224,14 @@ def test_cli(env, tmp_path):
     r = runner.invoke(app, ["quantize", str(tmp_path / "q"), "-o", str(tmp_path / "y"), "--format", "fp8", "--calib", calib])
     assert r.exit_code == 2 and "already quantized" in r.output
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_report_precision_column_reads_the_build_report():
+    from types import SimpleNamespace
+
+    from sparse_trt.bench.report import precision_of
+
+    fp8 = SimpleNamespace(build_report={"checkpoint": {"precision": "FP8"}}, dtype="float16")
+    assert precision_of(fp8) == "FP8"
+    assert precision_of(SimpleNamespace(build_report=None, dtype="float16")) == "float16"
+    assert precision_of(SimpleNamespace(build_report={"checkpoint": {}}, dtype=None)) == "?"

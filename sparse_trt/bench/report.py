@@ -74,6 +74,13 @@ def cost_per_million(usd_per_hour: float, tokens_per_s: float) -> float | None:
     return usd_per_hour / 3600.0 / tokens_per_s * 1e6
 
 
+def precision_of(run: RunResult) -> str:
+    """The engine's precision (FP8, W8A8_SQ_PER_CHANNEL, or its dtype) from build_report.json, else the run's dtype."""
+    ck = run.build_report.get("checkpoint") if isinstance(run.build_report, dict) else None
+    p = ck.get("precision") if isinstance(ck, dict) else None
+    return str(p) if p else str(run.dtype or "?")
+
+
 def kernels_state(run: RunResult) -> str:
     a = run.sparse_kernels.active
     return "ran" if a is True else "did not run" if a is False else "unverified"
@@ -339,8 +346,8 @@ def render_markdown(c: _Collected, usd: float, verdicts: list[Verdict], plots: l
 
     # quality beside speed and memory
     L += ["## Quality, speed and memory side by side", "",
-          "| run | backend | pattern | sparse kernels | perplexity | best output tok/s | weights | $ / 1M output tokens (at best) |",
-          "|---|---|---|---|---|---|---|---|"]
+          "| run | backend | pattern | precision | sparse kernels | perplexity | best output tok/s | weights | $ / 1M output tokens (at best) |",
+          "|---|---|---|---|---|---|---|---|---|"]
     for r in c.runs:
         best = max(r.points, key=lambda p: p.output_token_throughput if math.isfinite(p.output_token_throughput) else -1,
                    default=None)
@@ -359,7 +366,7 @@ def render_markdown(c: _Collected, usd: float, verdicts: list[Verdict], plots: l
         cost = _fmt(cost_per_million(usd, tps) if tps else None, digits=4)
         if _noise_run(r, c) and cost != "–":
             cost += " (dense kernels, as the baseline: any difference is noise)"
-        L.append(f"| {r.label} | {r.backend} | {r.pattern or 'dense'} | {ks} | {_fmt(ppl, digits=4)} | {_fmt(tps)} | "
+        L.append(f"| {r.label} | {r.backend} | {r.pattern or 'dense'} | {precision_of(r)} | {ks} | {_fmt(ppl, digits=4)} | {_fmt(tps)} | "
                  f"{_gib(wb)} | {cost} |")
     L.append("")
 
@@ -371,6 +378,9 @@ def render_markdown(c: _Collected, usd: float, verdicts: list[Verdict], plots: l
               "An interval that contains 1.0 is reported as no measurable difference.", ""]
         for cmp, _d, _s in c.comparisons:
             L += [f"### `{cmp.sparse_label}` vs `{cmp.dense_label}`", ""]
+            if _d is not None and _s is not None and precision_of(_d) != precision_of(_s):
+                L += [f"**Not like with like: dense runs {precision_of(_d)}, sparse {precision_of(_s)}; compare equal "
+                      "precisions (FP8 sparse vs FP8 dense is the headline pair).**", ""]
             if cmp.kind == "noise":
                 L += [f"**{NOISE_HEADING}.**", ""]
             elif cmp.kind == "unverified":
