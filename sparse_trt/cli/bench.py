@@ -109,7 +109,8 @@ def compare_table(cmp: Comparison) -> Table:
         title = (f"{cmp.sparse_label} vs {cmp.dense_label}: paired ratios (geometric mean [95% CI] over pairs of "
                  "windows), >1 favours sparse" + ("; sparse kernels unverified" if cmp.kind == "unverified" else ""))
     t = Table(title=Text(title))  # Text: brackets in titles and cells are not Rich markup
-    for c in ("workload", "output tok/s", "e2e latency", "TTFT", "ITL"):
+    t.add_column("workload", no_wrap=True)
+    for c in ("output tok/s", "e2e latency", "TTFT", "ITL"):
         t.add_column(c, justify="right")
     for p in cmp.points:
         t.add_row(p.workload.key, *(Text(ratio_words(r, cmp.kind)) for r in
