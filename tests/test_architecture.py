@@ -24,9 +24,9 @@ LEVELS = {
     "plan": 6,
     "recover": 6,
     "engine": 7,
-    "serve": 7,
-    "bench": 8,
-    "cli": 9,
+    "serve": 8,
+    "bench": 9,
+    "cli": 10,
 }
 
 

@@ -4,13 +4,12 @@ and ``build_report.json`` through the build stage's own typed reader (:mod:`spar
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sparse_trt.core.errors import InputError, ManifestError
+from sparse_trt.core.errors import ManifestError
 from sparse_trt.core.manifest import MANIFEST_NAME, Manifest
 from sparse_trt.engine.report import REPORT_NAME, BuildReport, BuildReportError, read_report
 
@@ -19,31 +18,6 @@ from ..workload import Limits
 
 BUILD_REPORT = REPORT_NAME
 _DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "fp8": 1, "int8": 1}
-
-
-def check_engine_dir(path: str) -> Path:
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise InputError(f"engine folder '{path}' does not exist", fix="build one with `sparse-trt build` or check the path")
-    if not p.is_dir():
-        raise InputError(f"engine path '{path}' is a file; a TensorRT-LLM engine is a folder (config.json + rank*.engine)",
-                         fix="pass the engine folder")
-    if not (p / "config.json").is_file() or not any(p.glob("*.engine")):
-        hint = " It looks like a Hugging Face model folder: use --backend hf or torch-2of4." if (
-            p / "config.json").is_file() and not any(p.glob("*.engine")) else ""
-        raise InputError(f"'{path}' is not a TensorRT-LLM engine folder (needs config.json and rank*.engine).{hint}",
-                         fix="pass the output folder of `sparse-trt build` / trtllm-build")
-    return p
-
-
-def engine_config(p: Path) -> dict[str, Any]:
-    try:
-        d = json.loads((p / "config.json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise InputError(f"engine config '{p / 'config.json'}' is unreadable ({e})", fix="rebuild the engine") from None
-    if not isinstance(d, dict):
-        raise InputError(f"engine config '{p / 'config.json'}' is not a JSON object", fix="rebuild the engine")
-    return d
 
 
 def _int(d: Any, key: str) -> int | None:

@@ -32,14 +32,13 @@ import numpy as np
 
 from sparse_trt.core.deps import require
 from sparse_trt.core.errors import InputError
+from sparse_trt.engine.folder import read_engine_dir
 
 from ..errors import BackendError
 from ..results import SparseKernels
 from ..workload import Limits
 from .base import Backend, GenerationRequest, SequenceTiming
 from .engine_info import (
-    check_engine_dir,
-    engine_config,
     engine_limits,
     engine_vocab,
     manifest_quality,
@@ -103,8 +102,9 @@ class TritonBackend(Backend):
             raise InputError(f"--opt protocol={self.protocol} is not known", fix="use protocol=grpc (default) or protocol=http")
         self.http_url = spec.options.get("http_url", "localhost:8000")
         self.names = {k: spec.options.get(k, v) for k, v in DEFAULT_NAMES.items()}
-        self.engine_dir: Path | None = check_engine_dir(spec.options["engine_dir"]) if "engine_dir" in spec.options else None
-        self.cfg = engine_config(self.engine_dir) if self.engine_dir else {}
+        engine = read_engine_dir(spec.options["engine_dir"]) if "engine_dir" in spec.options else None
+        self.engine_dir: Path | None = engine.path if engine else None
+        self.cfg = engine.config if engine else {}
         self.report = read_build_report(self.engine_dir) if self.engine_dir else None
         self._grpc = None
         self._local = threading.local()

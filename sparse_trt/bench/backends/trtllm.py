@@ -33,6 +33,7 @@ import torch
 
 from sparse_trt.core.deps import require
 from sparse_trt.core.errors import DeviceError, InputError
+from sparse_trt.engine.folder import read_engine_dir
 
 from ..errors import BackendError
 from ..memory import ConfiguredMemory
@@ -42,8 +43,6 @@ from .base import Backend, GenerationRequest, SequenceTiming
 from .engine_info import (
     BuildReportError,
     KvGeometry,
-    check_engine_dir,
-    engine_config,
     engine_limits,
     engine_mapping,
     engine_vocab,
@@ -88,8 +87,8 @@ class TrtllmBackend(Backend):
 
     def __init__(self, spec) -> None:
         super().__init__(spec)
-        self.dir = check_engine_dir(spec.model)
-        self.cfg = engine_config(self.dir)
+        engine = read_engine_dir(spec.model)
+        self.dir, self.cfg = engine.path, engine.config
         self.report = load_build_report(self.dir)
         mapping = engine_mapping(self.cfg)
         if mapping.world_size > 1:

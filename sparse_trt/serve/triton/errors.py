@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 from sparse_trt.core.errors import InputError, MissingDependencyError, RequestFailedError, ServerFailedError
+from sparse_trt.engine.folder import EngineDirError  # noqa: F401  (re-exported: the engine stage reads engine folders)
 
 
 class TritonRepoError(InputError):
     """A model repository (or an input used to build one) is invalid."""
-
-
-class EngineDirError(TritonRepoError):
-    """A TensorRT-LLM engine folder is missing its config.json or rank engines."""
 
 
 class TokenizerError(TritonRepoError):

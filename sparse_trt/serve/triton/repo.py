@@ -20,7 +20,6 @@ served (or on the same mount layout), as with NVIDIA's own tensorrtllm_backend t
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import shutil
@@ -28,9 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sparse_trt.core.atomic import atomic_output_dir
+from sparse_trt.engine.folder import read_engine_dir
 
 from . import pbtxt
-from .errors import EngineDirError, TokenizerError, TritonRepoError
+from .errors import TokenizerError, TritonRepoError
 from .names import validate_model_name
 
 log = logging.getLogger(__name__)
@@ -78,40 +78,8 @@ def _names(name: str) -> tuple[str, str]:
 
 # ----------------------------------------------------------------------------------------- validation
 def validate_engine_dir(engine_dir: Path) -> dict:
-    """Check a TensorRT-LLM engine folder; return its parsed config.json."""
-    d = Path(engine_dir)
-    if not d.is_dir():
-        raise EngineDirError(f"engine folder '{d}' does not exist or is not a folder",
-                             fix="pass the output folder of `sparse-trt build` / trtllm-build")
-    cfg_path = d / "config.json"
-    if not cfg_path.is_file():
-        raise EngineDirError(f"engine folder '{d}' has no config.json",
-                             fix="pass a TensorRT-LLM engine folder (config.json + rank0.engine ...), "
-                             "not a checkpoint or HF model folder")
-    try:
-        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise EngineDirError(f"{cfg_path} is not readable JSON: {e}", fix="rebuild the engine") from None
-    if not isinstance(cfg, dict):
-        raise EngineDirError(f"{cfg_path} is not a JSON object", fix="rebuild the engine")
-    if "pretrained_config" not in cfg and "build_config" not in cfg:
-        kind = "a Hugging Face model folder" if "model_type" in cfg or "architectures" in cfg else "not an engine folder"
-        if (d / "rank0.safetensors").is_file():
-            kind = "a TensorRT-LLM checkpoint, not an engine"
-        raise EngineDirError(f"'{d}' is {kind} (its config.json has no pretrained_config/build_config)",
-                             fix="build an engine first (sparse-trt build / trtllm-build), or serve the HF folder "
-                             "with --backend pytorch")
-    pretrained = cfg.get("pretrained_config", {}) if isinstance(cfg.get("pretrained_config"), dict) else {}
-    mapping = pretrained.get("mapping", {}) if isinstance(pretrained.get("mapping"), dict) else {}
-    world = int(mapping.get("world_size", 1) or 1)
-    missing = [f"rank{r}.engine" for r in range(world) if not (d / f"rank{r}.engine").is_file()]
-    if missing:
-        found = sorted(p.name for p in d.glob("rank*.engine"))
-        raise EngineDirError(
-            f"engine folder '{d}' lacks {', '.join(missing)} (world_size {world}; found: {', '.join(found) or 'none'})",
-            fix="rebuild the engine, or pass the folder that holds every rank*.engine",
-        )
-    return cfg
+    """Check a TensorRT-LLM engine folder (engine.folder.read_engine_dir); return its parsed config.json."""
+    return read_engine_dir(engine_dir).config
 
 
 def validate_tokenizer(tokenizer_dir: Path | None, what: str = "--tokenizer"):
