@@ -21,6 +21,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from sparse_trt.core.errors import DeviceError, InputError
+from sparse_trt.core.patterns import NM, nm_violations
 from sparse_trt.models.adapters import all_targets
 
 from ..errors import CorrectnessError
@@ -30,14 +31,12 @@ from .hf import HFBackend
 log = logging.getLogger(__name__)
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16)
+TWO_FOUR = NM(2, 4)
 
 
 def holds_2of4(w: torch.Tensor) -> bool:
-    """True when every group of 4 consecutive inputs (last dim) has at most 2 non-zeros."""
-    if w.dim() != 2 or w.shape[1] % 4:
-        return False
-    nz = (w.reshape(w.shape[0], -1, 4) != 0).sum(dim=-1)
-    return bool((nz <= 2).all())
+    """True when every group of 4 consecutive inputs (last dim) has at most 2 non-zeros (core.patterns' check)."""
+    return w.dim() == 2 and nm_violations(w, TWO_FOUR, 1) == 0
 
 
 KERNELS = ("auto", "cusparselt", "cutlass")
