@@ -254,3 +254,7 @@ def test_compare_two_engines_through_the_load_generator(tmp_path, executor_modul
     assert rd.points[0].output_tokens > 0 and rs.points[0].output_tokens == rd.points[0].output_tokens
     assert rs.sparse_kernels.active is True and rd.sparse_kernels.active is False
     assert rs.backend_info["kv_cache"]["max_tokens"] == rd.backend_info["kv_cache"]["max_tokens"]
+    # the per-point memory rows carry the configured engine + KV-cache bytes (torch cannot see the executor's)
+    for run in (rd, rs):
+        notes = " ".join(run.points[0].memory.notes)
+        assert "configured device memory: engine" in notes and "KV cache" in notes

@@ -49,7 +49,8 @@ class BackendRunner:
         self.lock = None if backend.thread_safe else threading.Lock()
         self.measure_process = backend.memory_is_local or client_memory
         self.scope = "process" if backend.memory_is_local else "client"
-        self.probe = MemoryProbe(backend.memory_device()) if self.measure_process else None
+        self.probe = MemoryProbe(backend.memory_device(), torch_allocator=backend.torch_allocator,
+                                 configured=backend.configured_memory()) if self.measure_process else None
         self.server_probe = backend.server_memory_probe()
         gpu = backend.memory_device()
         self.conditions = ConditionsProbe(gpu.index or 0 if gpu.type == "cuda" else None)

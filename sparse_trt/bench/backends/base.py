@@ -49,6 +49,7 @@ import torch
 
 from sparse_trt.core.errors import InputError
 
+from ..memory import ConfiguredMemory
 from ..results import SparseKernels
 from ..workload import Limits
 
@@ -115,6 +116,14 @@ class Backend(ABC):
     def sparse_kernels(self) -> SparseKernels: ...
 
     def weights_bytes(self) -> int | None:
+        return None
+
+    #: does the work allocate through torch's caching allocator? False (e.g. TensorRT-LLM's executor): torch
+    #: peaks mean nothing for it, and the memory probes report ``configured_memory()`` instead.
+    torch_allocator: ClassVar[bool] = True
+
+    def configured_memory(self) -> ConfiguredMemory | None:
+        """Device memory the backend reserves by configuration (engine + KV cache), where torch cannot see it."""
         return None
 
     def memory_device(self) -> torch.device:
