@@ -25,7 +25,8 @@ if TYPE_CHECKING:
     from sparse_trt.bench.results import Comparison, RunResult
     from sparse_trt.bench.workload import Workload
 
-bench_app = typer.Typer(
+app = typer.Typer(
+    name="bench",
     help="Benchmark dense vs sparse with one closed-loop load generator: TTFT, ITL, e2e latency, "
          "tokens/s, memory; GEMM probes.",
     no_args_is_help=True,
@@ -122,11 +123,7 @@ def _progress(prog, task):
     return lambda d, i, n: prog.update(task, description=d, completed=i, total=n)
 
 
-def register(app: typer.Typer) -> None:
-    app.add_typer(bench_app, name="bench")
-
-
-@bench_app.command("run")
+@app.command("run")
 @handle_errors
 def run_cmd(
     model: str = typer.Argument(..., help="Model folder / hub id (hf, torch-2of4), engine folder (trtllm), Triton model name (triton)."),
@@ -173,7 +170,7 @@ def run_cmd(
     console.print(f"wrote {out_path}", markup=False, highlight=False)
 
 
-@bench_app.command("compare")
+@app.command("compare")
 @handle_errors
 def compare_cmd(
     dense: str = typer.Argument(..., help="Dense model (or engine / Triton model, per backend)."),
@@ -243,7 +240,7 @@ def compare_cmd(
     console.print(f"wrote {out_path}", markup=False, highlight=False)
 
 
-@bench_app.command("gemm")
+@app.command("gemm")
 @handle_errors
 def gemm_cmd(
     model: str | None = typer.Argument(None, help="Model whose distinct linear shapes to probe (or use --shapes)."),
@@ -323,7 +320,7 @@ def gemm_cmd(
                                fix="do not trust 2:4 timings on this stack until the check passes")
 
 
-@bench_app.command("synth")
+@app.command("synth")
 @handle_errors
 def synth_cmd(
     out_dir: Path = typer.Argument(..., help="Folder for OUT/dense and OUT/sparse-2of4."),
