@@ -3,8 +3,8 @@
 Talks to the entry model of a repository written by ``sparse-trt triton repo`` (either backend): inputs
 ``text_input``, ``max_tokens``, ``stream`` (+ optional sampling / ``ignore_eos``), output ``text_output``.
 With ``stream=True`` the model is decoupled and sends one response per generated token, so a response's
-arrival time is that token's arrival time. Independent of the benchmark package: ``run_load`` is the
-function a benchmark backend calls.
+arrival time is that token's arrival time. Load tests use the benchmark package's load generator
+(``sparse-trt bench run --backend triton`` / ``sparse-trt triton load``), which calls this client.
 
 gRPC (``tritonclient[grpc]``) for streaming; plain urllib for the HTTP generate endpoints.
 
@@ -18,14 +18,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-import queue
-import statistics
 import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -35,7 +33,7 @@ from sparse_trt.core.deps import require
 from .errors import RequestInputError, TritonClientError
 
 __all__ = ["RequestInputError", "SamplingParams", "StreamResult", "TritonClientError", "generate_stream",
-           "http_generate", "http_generate_stream", "run_load"]
+           "http_generate", "http_generate_stream"]
 
 MAX_TOKENS_LIMIT = 2**31 - 1  # what any engine takes (TensorRT-LLM's request_output_len is INT32)
 
@@ -251,108 +249,6 @@ def generate_stream(url: str, prompt: str, params: SamplingParams | None = None,
 
 
 # ------------------------------------------------------------------------------------------ load
-@dataclass
-class LoadResult:
-    url: str
-    model: str
-    concurrency: int
-    max_tokens: int
-    wall_s: float
-    results: list[StreamResult]
-
-    @property
-    def errors(self) -> list[str]:
-        return [r.error for r in self.results if r.error]
-
-    def summary(self) -> dict[str, Any]:
-        ok = [r for r in self.results if r.ok]
-        ttft = [r.ttft_s for r in ok if r.ttft_s is not None]
-        itl = [x for r in ok for x in r.itl_s]
-        e2e = [r.e2e_s for r in ok]
-        toks = sum(r.output_tokens for r in ok)
-        return {
-            "url": self.url, "model": self.model, "concurrency": self.concurrency, "max_tokens": self.max_tokens,
-            "requests": len(self.results), "errors": len(self.results) - len(ok), "output_tokens": toks,
-            "wall_s": self.wall_s,
-            "throughput_tok_s": toks / self.wall_s if self.wall_s > 0 else 0.0,
-            "requests_per_s": len(ok) / self.wall_s if self.wall_s > 0 else 0.0,
-            "ttft_s": _stats(ttft), "itl_s": _stats(itl), "e2e_s": _stats(e2e),
-        }
-
-    def to_dict(self) -> dict[str, Any]:
-        d = self.summary()
-        d["requests_detail"] = [
-            {k: v for k, v in asdict(r).items() if k != "pieces"} | {"ttft_s": r.ttft_s, "output_tokens": r.output_tokens}
-            for r in self.results
-        ]
-        return d
-
-
-def _pct(xs: list[float], q: float) -> float:
-    s = sorted(xs)
-    i = min(len(s) - 1, max(0, round(q / 100 * (len(s) - 1))))
-    return s[i]
-
-
-def _stats(xs: list[float]) -> dict[str, float] | None:
-    if not xs:
-        return None
-    return {"mean": statistics.fmean(xs), "p50": _pct(xs, 50), "p90": _pct(xs, 90), "p99": _pct(xs, 99),
-            "min": min(xs), "max": max(xs)}
-
-
-def run_load(url: str, prompts: Sequence[str], params: SamplingParams | None = None, *, model: str = "ensemble",
-             concurrency: int = 1, stream: bool = True, timeout_s: float = 300.0) -> LoadResult:
-    """Closed loop: ``concurrency`` clients, each with its own gRPC stream, send the prompts until all are done.
-
-    Throughput = streamed tokens of successful requests / wall time from the first send to the last
-    final response. Request order in ``results`` follows ``prompts``.
-    """
-    if concurrency < 1:
-        raise TritonClientError(f"concurrency must be >= 1, got {concurrency}", fix="pass 1 or more")
-    if not prompts:
-        raise TritonClientError("no prompts to send", fix="give at least one prompt")
-    params = params or SamplingParams()
-    work: queue.Queue[tuple[int, str]] = queue.Queue()
-    for i, p in enumerate(prompts):
-        work.put((i, p))
-    results: list[StreamResult | None] = [None] * len(prompts)
-    n = min(concurrency, len(prompts))
-    streams = [_Stream(url, timeout_s) for _ in range(n)]  # connect before the clock starts
-    failures: list[BaseException] = []
-
-    def worker(s: _Stream) -> None:
-        try:
-            while True:
-                try:
-                    i, p = work.get_nowait()
-                except queue.Empty:
-                    return
-                results[i] = s.run(model, p, params, stream)
-        except BaseException as e:  # noqa: BLE001 - surfaced below
-            failures.append(e)
-
-    t0 = time.perf_counter()
-    threads = [threading.Thread(target=worker, args=(s,), daemon=True) for s in streams]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - t0
-    for s in streams:
-        s.close()
-    if failures:
-        raise TritonClientError(f"a client thread failed: {failures[0]}", fix="see the server log") from failures[0]
-    done = [r for r in results if r is not None]
-    return LoadResult(url, model, n, params.max_tokens, wall, done)
-
-
-def sweep(url: str, prompts: Sequence[str], concurrency_levels: Sequence[int], params: SamplingParams | None = None,
-          **kw) -> list[LoadResult]:
-    return [run_load(url, prompts, params, concurrency=c, **kw) for c in concurrency_levels]
-
-
-# ------------------------------------------------------------------------------------------ http
 def _http_body(prompt: str, params: SamplingParams, stream: bool) -> bytes:
     return json.dumps({"text_input": prompt, "stream": stream} | params.as_inputs()).encode("utf-8")
 
