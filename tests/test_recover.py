@@ -204,3 +204,18 @@ def test_cli(pruned_llama, tiny_dirs, calib_file, calib_jsonl, tmp_path):
     assert r.exit_code == 3 and "prune it first" in r.output
     r = CliRunner().invoke(app, ["recover", str(pruned_llama), "-o", str(out), *common])
     assert r.exit_code == 2 and "already exists" in r.output
+
+
+def test_linears_kept_dense_train_freely(tiny_dirs, calib_file, calib_jsonl, tmp_path):
+    pruned = tmp_path / "pruned"
+    run_prune(PruneRequest(model=str(tiny_dirs("llama")), out=pruned, method="magnitude", pattern=parse_pattern("2:4"),
+                           calib=TextSource("text", str(calib_file)), nsamples=4, seqlen=32, exclude=("*.mlp.down_proj",)))
+    out = tmp_path / "rec"
+    res = run_recover(_req(pruned, tiny_dirs("llama"), out, calib_file, calib_jsonl,
+                           settings={"tokens": 2 * 2 * 32, "checkpoint_every": 0, "lr": 1e-2}))
+    assert res.violations == 0 and verify_dir(out).ok
+    before, after = load_file(str(pruned / "model.safetensors")), load_file(str(out / "model.safetensors"))
+    down = "model.layers.0.mlp.down_proj.weight"
+    assert bool((after[down] != 0).all()) and not torch.equal(before[down], after[down])
+    q = "model.layers.0.self_attn.q_proj.weight"
+    assert torch.equal(after[q] == 0, before[q] == 0)
