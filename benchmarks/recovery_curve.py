@@ -15,6 +15,15 @@ from sparse_trt.core.deps import require
 from sparse_trt.core.manifest import Manifest
 
 
+def _earlier_tokens(source: Path) -> int:
+    """Training tokens of the recoveries that produced ``source`` (0 for a one-shot folder)."""
+    try:
+        rec = Manifest.load(source).recovery
+    except Exception:  # noqa: BLE001 - a moved or missing source folder: no offset
+        return 0
+    return 0 if rec is None else rec.tokens + _earlier_tokens(Path(rec.source))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("folders", nargs="+", type=Path)
@@ -29,14 +38,16 @@ def main() -> None:
     fig, (ax_p, ax_k) = plt.subplots(1, 2, figsize=(10, 4))
     dense = None
     for folder in args.folders:
-        rec = Manifest.load(folder).recovery
-        if rec is None or not rec.curve:
-            raise SystemExit(f"{folder}: no recovery curve in sparsity.json (run recover with --eval-every K)")
         m = Manifest.load(folder)
+        rec = m.recovery
+        if rec is None or not (rec.curve or (rec.heldout.get("before") and rec.heldout.get("after"))):
+            raise SystemExit(f"{folder}: no held-out measurements in sparsity.json's recovery section")
+        points = list(rec.curve) or [{"tokens": 0, **rec.heldout["before"]}, {"tokens": rec.tokens, **rec.heldout["after"]}]
+        offset = _earlier_tokens(Path(rec.source))  # a recovery of a recovered folder continues its x axis
         label = f"{m.method} {m.pattern} ({folder.name})"
-        xs = [p["tokens"] for p in rec.curve]
-        ax_p.plot(xs, [p["perplexity"] for p in rec.curve], marker="o", label=label)
-        ax_k.plot(xs, [p["kl"] for p in rec.curve], marker="o", label=label)
+        xs = [offset + p["tokens"] for p in points]
+        ax_p.plot(xs, [p["perplexity"] for p in points], marker="o", label=label)
+        ax_k.plot(xs, [p["kl"] for p in points], marker="o", label=label)
         dense = rec.heldout.get("teacher_perplexity") or dense
         spec = f"{rec.heldout['data']} held-out, {rec.heldout['windows']} x {rec.heldout['seqlen']} tokens"
     if dense:
