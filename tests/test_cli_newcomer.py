@@ -59,6 +59,8 @@ def test_flags_render_without_type_placeholder():
     assert res.exit_code == 0
     resume = next(line for line in res.output.splitlines() if "--resume" in line)
     assert "<bool>" not in resume and "BOOLEAN" not in resume
+    usage = next(line for line in res.output.splitlines() if "Usage:" in line)
+    assert "MODEL" in usage and "{model}" not in usage, usage
 
 
 def test_eval_shows_window_spec_dense_reference_and_record(tiny_dirs, calib_file, tmp_path):
