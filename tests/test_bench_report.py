@@ -131,3 +131,14 @@ def test_human_numbers():
     assert human_seconds(600.0) == "10 min"
     assert human_number(27312.4) == "27,312" and human_number(12.345) == "12.3" and human_number(0.0042) == "0.0042"
     assert "e+" not in human_number(1e7) and human_seconds(None) == "–"
+
+
+def test_pattern_cell_says_one_shot_or_recovered():
+    from sparse_trt.bench.report import pattern_of
+    from sparse_trt.bench.results import RunResult
+
+    run = RunResult("s", "hf", "m", "cpu", "float32", SparseKernels(False, "none"), [], pattern="2:4")
+    assert pattern_of(run) == "2:4, one-shot"
+    rec = dataclasses.replace(run, quality={"recovery": {"tokens": 16384, "teacher": "smollm2"}})
+    assert pattern_of(rec).startswith("2:4, recovered (") and "from smollm2" in pattern_of(rec)
+    assert pattern_of(dataclasses.replace(run, pattern=None)) == "dense"

@@ -74,6 +74,16 @@ def cost_per_million(usd_per_hour: float, tokens_per_s: float) -> float | None:
     return usd_per_hour / 3600.0 / tokens_per_s * 1e6
 
 
+def pattern_of(r: RunResult) -> str:
+    """The run's pattern, and whether it was recovered by distillation (``sparse-trt recover``) or is one-shot."""
+    rec = r.quality.get("recovery") if isinstance(r.quality, dict) else None
+    if not r.pattern:
+        return "dense"
+    if isinstance(rec, dict):
+        return f"{r.pattern}, recovered ({_fmt(rec.get('tokens'))} tokens from {rec.get('teacher')})"
+    return f"{r.pattern}, one-shot"
+
+
 def precision_of(run: RunResult) -> str:
     """The engine's precision (FP8, W8A8_SQ_PER_CHANNEL, or its dtype) from build_report.json, else the run's dtype."""
     ck = run.build_report.get("checkpoint") if isinstance(run.build_report, dict) else None
@@ -366,7 +376,7 @@ def render_markdown(c: _Collected, usd: float, verdicts: list[Verdict], plots: l
         cost = _fmt(cost_per_million(usd, tps) if tps else None, digits=4)
         if _noise_run(r, c) and cost != "–":
             cost += " (dense kernels, as the baseline: any difference is noise)"
-        L.append(f"| {r.label} | {r.backend} | {r.pattern or 'dense'} | {precision_of(r)} | {ks} | {_fmt(ppl, digits=4)} | {_fmt(tps)} | "
+        L.append(f"| {r.label} | {r.backend} | {pattern_of(r)} | {precision_of(r)} | {ks} | {_fmt(ppl, digits=4)} | {_fmt(tps)} | "
                  f"{_gib(wb)} | {cost} |")
     L.append("")
 

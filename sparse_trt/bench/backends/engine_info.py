@@ -170,7 +170,10 @@ def manifest_quality(*candidates: Path) -> tuple[str | None, dict[str, Any]]:
                 m = Manifest.load(Path(c))
             except ManifestError:
                 continue
-            return m.pattern, dict(m.quality)
+            quality = dict(m.quality)
+            if m.recovery is not None:  # recovered by distillation: say so beside one-shot runs
+                quality["recovery"] = {"tokens": m.recovery.tokens, "teacher": m.recovery.teacher}
+            return m.pattern, quality
     return None, {}
 
 
