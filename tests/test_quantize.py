@@ -235,3 +235,13 @@ def test_report_precision_column_reads_the_build_report():
     assert precision_of(fp8) == "FP8"
     assert precision_of(SimpleNamespace(build_report=None, dtype="float16")) == "float16"
     assert precision_of(SimpleNamespace(build_report={"checkpoint": {}}, dtype=None)) == "?"
+
+
+def test_quantize_export_table_agrees_with_the_exporter():
+    """quantize (below export) keeps its own list of exportable architectures: it must match the exporter's."""
+    from sparse_trt.export.trtllm.families import FAMILIES
+    from sparse_trt.quantize.formats import FUSED_GROUPS, QUANT_EXPORT_ARCHITECTURES
+
+    for arch, layout in QUANT_EXPORT_ARCHITECTURES.items():
+        family = next(f for f in FAMILIES if arch in f.architectures)
+        assert family.name == layout and layout in FUSED_GROUPS

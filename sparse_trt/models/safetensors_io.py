@@ -151,6 +151,18 @@ class WeightIndex:
                 return dt
         return None
 
+    def find(self, name: str) -> torch.Tensor | None:
+        """One stored tensor by name, or None when the checkpoint has no such tensor."""
+        return self.read({name: name})[name] if name in self.entries else None
+
+    def get(self, name: str) -> torch.Tensor:
+        """One stored tensor by name; a missing one is an error naming the folder."""
+        t = self.find(name)
+        if t is None:
+            raise ModelLoadError(f"tensor '{name}' is missing from the weights of '{self.folder}'",
+                                 fix="the folder does not match its config.json; re-save the model with save_pretrained")
+        return t
+
     def read(self, names: Mapping[str, str], dtypes: Mapping[str, torch.dtype | None] | None = None) -> dict[str, torch.Tensor]:
         """``{key: stored name}`` -> ``{key: tensor}``, each cast to ``dtypes[key]`` when given."""
         from safetensors import SafetensorError, safe_open

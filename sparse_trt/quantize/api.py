@@ -31,7 +31,7 @@ from sparse_trt.data.windows import calibration_windows, tokenizer_adds_bos
 from . import scales as sc
 from .calibrate import CalibStats, calibrate
 from .errors import AlreadyQuantizedError, QuantExportError
-from .formats import FUSED_GROUPS, KVFormat, QuantFormat, fused_groups
+from .formats import QUANT_EXPORT_ARCHITECTURES, KVFormat, QuantFormat, fused_groups
 from .spec import QUANT_NAME, SCALES_NAME, KVQuant, LinearQuant, QuantSpec
 
 log = logging.getLogger(__name__)
@@ -93,17 +93,17 @@ def refuse_quantized(model_dir: Path) -> None:
 
 
 def export_family(hf_config: dict, source: str, fmt: QuantFormat) -> str:
-    """The TensorRT-LLM family the quantized checkpoint will be exported as; refuse families we cannot export."""
-    from sparse_trt.export.trtllm.families import family_for
-
-    family = family_for(hf_config, source)
-    if family.name not in FUSED_GROUPS:
+    """The fused-GEMM layout of the TensorRT-LLM checkpoint the quantized model will be exported as; refuse
+    architectures whose quantized checkpoints sparse_trt does not export (before any calibration)."""
+    arch = (hf_config.get("architectures") or ["?"])[0]
+    family = QUANT_EXPORT_ARCHITECTURES.get(arch)
+    if family is None:
         raise QuantExportError(
-            f"model '{source}' ({family.name} family) has no {fmt.name} TensorRT-LLM export in sparse_trt",
-            fix=f"quantized export covers the {', '.join(FUSED_GROUPS)} family (LLaMA, Mistral, Qwen2); "
-            "export this model unquantized",
+            f"model '{source}' ({arch}, {hf_config.get('model_type', '?')} family) has no {fmt.name} TensorRT-LLM "
+            "export in sparse_trt",
+            fix=f"quantized export covers {', '.join(QUANT_EXPORT_ARCHITECTURES)}; export this model unquantized",
         )
-    return family.name
+    return family
 
 
 def _patterns(model_dir: Path | None) -> tuple[dict[str, NM], str | None]:
@@ -237,9 +237,9 @@ def quantize_model(
     # Weight-side numbers come from the weights as the folder stores them (what export reads).
     by_name = {t.name: t for t in targets}
     if model_dir is not None:
-        from sparse_trt.export.trtllm.writer import HFWeights
+        from sparse_trt.models.safetensors_io import WeightIndex
 
-        hfw = HFWeights(model_dir)
+        hfw = WeightIndex.open(model_dir)
 
         def get_weight(name: str) -> torch.Tensor:
             return hfw.get(name + ".weight")

@@ -89,5 +89,15 @@ FUSED_GROUPS: dict[str, tuple[tuple[str, ...], ...]] = {
 }
 
 
+#: HF architecture -> the fused-GEMM layout of its TensorRT-LLM model (a key of FUSED_GROUPS): the families whose
+#: quantized checkpoints sparse_trt exports. The exporter's family table (export/trtllm/families.py) must agree;
+#: a test holds the two together (this stage sits below export and does not import it).
+QUANT_EXPORT_ARCHITECTURES: dict[str, str] = {
+    "LlamaForCausalLM": "llama",
+    "MistralForCausalLM": "llama",
+    "Qwen2ForCausalLM": "llama",
+}
+
+
 def fused_groups(layer_prefix: str, family: str) -> list[tuple[str, ...]]:
     return [tuple(f"{layer_prefix}.{m}" for m in group) for group in FUSED_GROUPS[family]]

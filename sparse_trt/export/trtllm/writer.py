@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 
 import sparse_trt
@@ -74,50 +73,6 @@ class ExportResult:
     config: dict[str, Any] = field(default_factory=dict)
 
 
-class HFWeights:
-    """Lazy access to an HF folder's safetensors tensors by name."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        index = directory / "model.safetensors.index.json"
-        if index.is_file():
-            try:
-                wm = json.loads(index.read_text())["weight_map"]
-            except (OSError, json.JSONDecodeError, KeyError) as e:
-                raise ModelLoadError(f"'{index}' is unreadable ({e})", fix="re-save the model with save_pretrained") from None
-            self.files = {k: directory / v for k, v in wm.items()}
-        else:
-            single = directory / "model.safetensors"
-            if not single.is_file():
-                raise ModelLoadError(
-                    f"no safetensors weights in '{directory}'",
-                    fix="export needs model.safetensors (or an index); re-save with save_pretrained(safe_serialization=True)",
-                )
-            with safe_open(str(single), "pt") as f:
-                self.files = {k: single for k in f.keys()}
-        self._handles: dict[Path, Any] = {}
-
-    def find(self, name: str) -> torch.Tensor | None:
-        path = self.files.get(name)
-        if path is None:
-            return None
-        if path not in self._handles:
-            try:
-                self._handles[path] = safe_open(str(path), "pt")
-            except (OSError, RuntimeError) as e:
-                raise ModelLoadError(f"weights file '{path}' is unreadable ({e})", fix="re-save the model") from None
-        return self._handles[path].get_tensor(name)
-
-    def get(self, name: str) -> torch.Tensor:
-        t = self.find(name)
-        if t is None:
-            raise ModelLoadError(
-                f"tensor '{name}' is missing from the weights of '{self.directory}'",
-                fix="the folder does not match its config.json; re-save the model with save_pretrained",
-            )
-        return t
-
-
 def _read_config(model_dir: Path) -> dict[str, Any]:
     if not model_dir.is_dir():
         raise ModelLoadError(f"model folder '{model_dir}' does not exist or is not a folder",
@@ -148,7 +103,7 @@ def load_patterns(model_dir: Path, allow_dense: bool) -> tuple[Manifest | None, 
     return manifest, patterns, in_dims
 
 
-def check_sources(weights: HFWeights, patterns: dict[str, Pattern | None], in_dims: dict[str, int]) -> None:
+def check_sources(weights: WeightIndex, patterns: dict[str, Pattern | None], in_dims: dict[str, int]) -> None:
     """Every weight the manifest calls N:M must hold its pattern before we touch it."""
     for name, pat in patterns.items():
         if not isinstance(pat, NM):
@@ -156,15 +111,15 @@ def check_sources(weights: HFWeights, patterns: dict[str, Pattern | None], in_di
         w = weights.find(name + ".weight")
         if w is None:
             raise ManifestError(
-                f"sparsity.json lists '{name}' but '{weights.directory}' has no tensor '{name}.weight'",
+                f"sparsity.json lists '{name}' but '{weights.folder}' has no tensor '{name}.weight'",
                 fix="the manifest belongs to another model; re-run `sparse-trt prune`",
             )
         v = nm_violations(w, pat, in_dims.get(name, 1))
         if v != 0:
             what = f"its input dimension is not a multiple of {pat.m}" if v < 0 else f"{v} groups of {pat.m} hold more than {pat.n} non-zeros"
             raise PatternBrokenError(
-                f"'{name}.weight' in '{weights.directory}' does not hold pattern {pat}: {what} (corrupted or edited weights?)",
-                fix=f"check it with `sparse-trt verify {weights.directory}`, then re-run `sparse-trt prune`",
+                f"'{name}.weight' in '{weights.folder}' does not hold pattern {pat}: {what} (corrupted or edited weights?)",
+                fix=f"check it with `sparse-trt verify {weights.folder}`, then re-run `sparse-trt prune`",
             )
 
 
@@ -222,7 +177,7 @@ def export_trtllm(
     if manifest is not None and isinstance(manifest.parsed_pattern, NM) and not any(isinstance(p, NM) for p in patterns.values()):
         raise ManifestError(f"'{model_dir}/{MANIFEST_NAME}' claims {manifest.pattern} but lists no N:M linear: "
                             "no weight could be verified", fix=f"check it with `sparse-trt verify {model_dir}`; re-run `sparse-trt prune`")
-    weights = HFWeights(model_dir)
+    weights = WeightIndex.open(model_dir)
     check_sources(weights, patterns, in_dims)
     dtype_name = str(dtype).removeprefix("torch.")
     if dtype_name not in EXPORT_DTYPES:
