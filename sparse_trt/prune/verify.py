@@ -12,12 +12,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
 
 from sparse_trt.core.errors import InputError, ManifestError, ModelLoadError, VerificationError
-from sparse_trt.core.jsonio import read_json_object
 from sparse_trt.core.manifest import Manifest
 from sparse_trt.core.patterns import NM, Unstructured, nm_violations, parse_pattern
+from sparse_trt.models.safetensors_io import WeightIndex
 
 
 @dataclass(frozen=True)
@@ -88,23 +87,13 @@ class VerifyReport:
                 f"(first: {bad[0].name}: {bad[0].problem})", fix=fix)
 
 
-def weight_files(directory: Path) -> dict[str, Path]:
-    """tensor name -> safetensors file, from the index or the single file."""
-    directory = Path(directory)
-    index = directory / "model.safetensors.index.json"
-    if index.is_file():
-        wm = read_json_object(index, ManifestError, fix="re-run `sparse-trt prune`").get("weight_map")
-        if not isinstance(wm, dict):
-            raise ManifestError(f"'{index}' has no weight_map", fix="re-run `sparse-trt prune`")
-        return {k: directory / v for k, v in wm.items()}
-    single = directory / "model.safetensors"
-    if not single.is_file():
-        raise ManifestError(f"no safetensors weights in '{directory}'", fix="re-run `sparse-trt prune`")
+def open_weights(directory: Path) -> WeightIndex:
+    """The folder's safetensors (index or single file, models.safetensors_io); unreadable weights make the
+    pruned folder untrustworthy: a manifest-level error (exit 3)."""
     try:
-        with safe_open(str(single), "pt") as f:
-            return {k: single for k in f.keys()}
-    except (SafetensorError, OSError) as e:
-        raise ManifestError(f"weights '{single}' are unreadable ({e})", fix="re-run `sparse-trt prune`") from None
+        return WeightIndex.open(directory)
+    except ModelLoadError as e:
+        raise ManifestError(f"the weights of '{directory}' are unreadable: {e.message}", fix="re-run `sparse-trt prune`") from None
 
 
 def model_targets(directory: Path, trust_remote_code: bool = False) -> dict[str, int]:
@@ -150,19 +139,16 @@ def verify_dir(directory: Path, trust_remote_code: bool = False) -> VerifyReport
         raise InputError(f"'{directory}' is not a folder", fix="pass the output folder of `sparse-trt prune`")
     manifest = Manifest.load(directory)
     targets = model_targets(directory, trust_remote_code)
-    files = weight_files(directory)
+    weights = open_weights(directory)
     checks: list[LayerCheck] = []
-    handles: dict[Path, object] = {}
     listed = {r.name for r in manifest.layers} | set(manifest.excluded)
     uncovered = tuple(n for n in targets if n not in listed)
     unknown = tuple(sorted(listed - set(targets)))
     inconsistent: list[str] = []
     try:
         for name in uncovered:
-            f = files.get(f"{name}.weight")
-            if f is not None and f not in handles:
-                handles[f] = safe_open(str(f), "pt")
-            sp = 0.0 if f is None else float((handles[f].get_tensor(f"{name}.weight") == 0).float().mean())  # type: ignore[attr-defined]
+            w = weights.find(f"{name}.weight")
+            sp = 0.0 if w is None else float((w == 0).float().mean())
             checks.append(LayerCheck(name, None, sp, 0, False, UNCOVERED))
         for name in unknown:
             checks.append(LayerCheck(name, None, 0.0, 0, False, UNKNOWN))
@@ -174,21 +160,17 @@ def verify_dir(directory: Path, trust_remote_code: bool = False) -> VerifyReport
                                          f"manifest in_dim {rec.in_dim}, but the model's input dim is {targets[rec.name]}"))
                 inconsistent.append(rec.name)
                 continue
-            key = f"{rec.name}.weight"
-            if key not in files:
+            w = weights.find(f"{rec.name}.weight")
+            if w is None:
                 checks.append(LayerCheck(rec.name, rec.pattern, 0.0, 0, False, "weight missing from the checkpoint"))
                 inconsistent.append(rec.name)
                 continue
-            f = files[key]
-            if f not in handles:
-                handles[f] = safe_open(str(f), "pt")
-            w = handles[f].get_tensor(key)  # type: ignore[attr-defined]
             if tuple(w.shape) != tuple(rec.shape):
                 checks.append(LayerCheck(rec.name, rec.pattern, 0.0, 0, False, f"shape {tuple(w.shape)} != manifest {tuple(rec.shape)}"))
                 inconsistent.append(rec.name)
                 continue
             checks.append(check_weight(rec.name, w, rec.pattern, rec.in_dim))
-    except (OSError, RuntimeError, SafetensorError) as e:
-        raise ManifestError(f"weights in '{directory}' are unreadable ({e})", fix="re-run `sparse-trt prune`") from None
+    except ModelLoadError as e:
+        raise ManifestError(f"weights in '{directory}' are unreadable ({e.message})", fix="re-run `sparse-trt prune`") from None
     return VerifyReport(str(directory), manifest.method, manifest.pattern, tuple(checks), uncovered, unknown, tuple(inconsistent),
                         pruned=sum(r.pattern is not None for r in manifest.layers), excluded=len(manifest.excluded))
