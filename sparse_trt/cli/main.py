@@ -27,10 +27,7 @@ app = typer.Typer(
 COMMAND_MODULES = (prune, plan, recover, quantize, verify, eval_, demo, triton, export, build, bench, report)
 
 for _module in COMMAND_MODULES:
-    if hasattr(_module, "app"):
-        app.add_typer(_module.app)
-    else:
-        _module.register(app)
+    app.add_typer(_module.app)
 
 
 def _version(value: bool) -> None:

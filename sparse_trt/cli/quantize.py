@@ -11,63 +11,64 @@ from rich.table import Table
 
 from .common import console, handle_errors, out, progress_bar, setup_logging
 
+app = typer.Typer()
 
-def register(app: typer.Typer) -> None:
-    @app.command("quantize")
-    @handle_errors
-    def quantize_cmd(
-        model: str = typer.Argument(..., help="Model folder (the output of `sparse-trt prune`, or a dense HF folder), .gguf file, or 'smollm2'."),
-        out_dir: Path = typer.Option(..., "-o", "--out", help="Folder to write: the model's files unchanged + quantization.json, atomically."),
-        fmt: str = typer.Option(..., "--format", help="fp8 (FP8 E4M3 weights and activations, per-tensor scales) or int8-sq (INT8 SmoothQuant: per-channel weights, per-tensor activations)."),
-        kv_cache: str | None = typer.Option(None, "--kv-cache", help="Also quantize the KV cache: fp8 (with --format fp8) or int8 (with --format int8-sq)."),
-        calib: str = typer.Option("wiki", "--calib", help="Calibration text: 'wiki' (built-in corpus, calibration part), FILE.txt, or FILE.jsonl with a 'text' field."),
-        nsamples: int = typer.Option(128, "--nsamples", help="Number of calibration windows."),
-        seqlen: int = typer.Option(512, "--seqlen", help="Tokens per calibration window."),
-        seed: int = typer.Option(0, "--seed", help="Seed choosing the calibration windows."),
-        alpha: float = typer.Option(1.0, "--alpha", help="int8-sq: SmoothQuant migration strength in [0, 1] (1.0 = NVIDIA ModelOpt's default; 0.5 = the paper's)."),
-        device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N (where the calibration forward runs)."),
-        dtype: str = typer.Option("auto", "--dtype", help="Calibration dtype: auto (the checkpoint's), float32, float16, bfloat16. Weights are written unchanged."),
-        overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing OUT (only once the new one is complete)."),
-        trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow models that ship custom code."),
-        as_json: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
-        verbose: bool = typer.Option(False, "--verbose", "-v", help="Show library logs."),
-    ) -> None:
-        """Calibrate activation (and KV-cache) ranges and compute FP8 or INT8-SmoothQuant scales for TensorRT-LLM.
 
-        The output folder keeps the input's weights as they are and adds quantization.json; `sparse-trt export
-        trtllm` turns it into an FP8 / INT8 checkpoint and `sparse-trt eval` simulates the quantized engine.
-        The N:M pattern is checked after every transform (smoothing, quantization).
-        """
-        from sparse_trt.data.text import parse_source
-        from sparse_trt.quantize.api import QuantizeOptions, quantize_model
-        from sparse_trt.quantize.formats import parse_format, parse_kv_format
+@app.command("quantize")
+@handle_errors
+def quantize_cmd(
+    model: str = typer.Argument(..., help="Model folder (the output of `sparse-trt prune`, or a dense HF folder), .gguf file, or 'smollm2'."),
+    out_dir: Path = typer.Option(..., "-o", "--out", help="Folder to write: the model's files unchanged + quantization.json, atomically."),
+    fmt: str = typer.Option(..., "--format", help="fp8 (FP8 E4M3 weights and activations, per-tensor scales) or int8-sq (INT8 SmoothQuant: per-channel weights, per-tensor activations)."),
+    kv_cache: str | None = typer.Option(None, "--kv-cache", help="Also quantize the KV cache: fp8 (with --format fp8) or int8 (with --format int8-sq)."),
+    calib: str = typer.Option("wiki", "--calib", help="Calibration text: 'wiki' (built-in corpus, calibration part), FILE.txt, or FILE.jsonl with a 'text' field."),
+    nsamples: int = typer.Option(128, "--nsamples", help="Number of calibration windows."),
+    seqlen: int = typer.Option(512, "--seqlen", help="Tokens per calibration window."),
+    seed: int = typer.Option(0, "--seed", help="Seed choosing the calibration windows."),
+    alpha: float = typer.Option(1.0, "--alpha", help="int8-sq: SmoothQuant migration strength in [0, 1] (1.0 = NVIDIA ModelOpt's default; 0.5 = the paper's)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N (where the calibration forward runs)."),
+    dtype: str = typer.Option("auto", "--dtype", help="Calibration dtype: auto (the checkpoint's), float32, float16, bfloat16. Weights are written unchanged."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing OUT (only once the new one is complete)."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow models that ship custom code."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show library logs."),
+) -> None:
+    """Calibrate activation (and KV-cache) ranges and compute FP8 or INT8-SmoothQuant scales for TensorRT-LLM.
 
-        from .options import resolve_device, resolve_dtype
+    The output folder keeps the input's weights as they are and adds quantization.json; `sparse-trt export
+    trtllm` turns it into an FP8 / INT8 checkpoint and `sparse-trt eval` simulates the quantized engine.
+    The N:M pattern is checked after every transform (smoothing, quantization).
+    """
+    from sparse_trt.data.text import parse_source
+    from sparse_trt.quantize.api import QuantizeOptions, quantize_model
+    from sparse_trt.quantize.formats import parse_format, parse_kv_format
 
-        setup_logging(verbose)
-        f = parse_format(fmt)
-        opts = QuantizeOptions(f, parse_kv_format(kv_cache, f), parse_source(calib), nsamples=nsamples, seqlen=seqlen,
-                               seed=seed, alpha=alpha)
-        with progress_bar("calibration windows") as (prog, task):
-            res = quantize_model(
-                model, out_dir, opts, device=resolve_device(device), dtype=resolve_dtype(dtype), overwrite=overwrite,
-                trust_remote_code=trust_remote_code, progress=lambda i, n: prog.update(task, completed=i, total=n),
-            )
-        spec = res.spec
-        if as_json:
-            out.print_json(json.dumps({
-                "out": str(res.out), "format": spec.format, "quant_algo": spec.quant_algo, "kv_cache": spec.kv_cache,
-                "alpha": spec.alpha, "linears": len(spec.linears), "kv_layers": len(spec.kv),
-                "checked_weights": res.checked_weights, "calib_tokens": res.calib_tokens, "seconds": round(res.seconds, 2),
-            }))
-            return
-        t = Table(title=f"{spec.format} ({spec.quant_algo}) -> {escape(str(res.out))}")
-        for col in ("linears", "KV cache", "calibration tokens", "pattern checked in", "seconds"):
-            t.add_column(col)
-        t.add_row(str(len(spec.linears)), spec.kv_cache or "not quantized", str(res.calib_tokens),
-                  f"{res.checked_weights} weights" if spec.pattern else "dense model", f"{res.seconds:.1f}")
-        console.print(t)
-        if spec.pattern:
-            console.print(f"[green]pattern {escape(spec.pattern)} holds[/] after every transform")
-        console.print(f"wrote {escape(str(res.out))} (export it with `sparse-trt export trtllm {escape(str(res.out))} -o CKPT`; "
-                      f"`sparse-trt eval {escape(str(res.out))}` simulates the quantized engine)")
+    from .options import resolve_device, resolve_dtype
+
+    setup_logging(verbose)
+    f = parse_format(fmt)
+    opts = QuantizeOptions(f, parse_kv_format(kv_cache, f), parse_source(calib), nsamples=nsamples, seqlen=seqlen,
+                           seed=seed, alpha=alpha)
+    with progress_bar("calibration windows") as (prog, task):
+        res = quantize_model(
+            model, out_dir, opts, device=resolve_device(device), dtype=resolve_dtype(dtype), overwrite=overwrite,
+            trust_remote_code=trust_remote_code, progress=lambda i, n: prog.update(task, completed=i, total=n),
+        )
+    spec = res.spec
+    if as_json:
+        out.print_json(json.dumps({
+            "out": str(res.out), "format": spec.format, "quant_algo": spec.quant_algo, "kv_cache": spec.kv_cache,
+            "alpha": spec.alpha, "linears": len(spec.linears), "kv_layers": len(spec.kv),
+            "checked_weights": res.checked_weights, "calib_tokens": res.calib_tokens, "seconds": round(res.seconds, 2),
+        }))
+        return
+    t = Table(title=f"{spec.format} ({spec.quant_algo}) -> {escape(str(res.out))}")
+    for col in ("linears", "KV cache", "calibration tokens", "pattern checked in", "seconds"):
+        t.add_column(col)
+    t.add_row(str(len(spec.linears)), spec.kv_cache or "not quantized", str(res.calib_tokens),
+              f"{res.checked_weights} weights" if spec.pattern else "dense model", f"{res.seconds:.1f}")
+    console.print(t)
+    if spec.pattern:
+        console.print(f"[green]pattern {escape(spec.pattern)} holds[/] after every transform")
+    console.print(f"wrote {escape(str(res.out))} (export it with `sparse-trt export trtllm {escape(str(res.out))} -o CKPT`; "
+                  f"`sparse-trt eval {escape(str(res.out))}` simulates the quantized engine)")
