@@ -148,3 +148,19 @@ def test_weights_bytes_counts_tied_once():
     m = torch.nn.Sequential(lin, torch.nn.Linear(4, 4, bias=False))
     m[1].weight = lin.weight
     assert memory.weights_bytes(m) == 16 * 4
+
+
+def test_backend_options_are_typed_and_strict(tmp_path, tiny_dirs):
+    """--opt goes through the one strict parser: unknown keys and bad values are refused by name."""
+    with pytest.raises(InputError, match="'kernal' is not an option of backend 'hf'"):
+        create_backend("hf", BackendSpec(str(tiny_dirs("llama")), CPU, options={"kernal": "cutlass"}))
+    eng = fake_engine(tmp_path / "engine")
+    with pytest.raises(InputError, match="kv_cache_tokens='lots' of backend 'trtllm' is not a valid int"):
+        create_backend("trtllm", BackendSpec(str(eng), CPU, options={"kv_cache_tokens": "lots"}))
+    with pytest.raises(InputError, match=r"not in \(0, 1\]"):
+        create_backend("trtllm", BackendSpec(str(eng), CPU, options={"kv_cache_free_gpu_memory_fraction": "1.5"}))
+    b = create_backend("triton", BackendSpec("ensemble", CPU, options={"protocol": "http", "ignore_eos": "no",
+                                                                       "timeout_s": "5"}))
+    assert (b.opts.protocol, b.opts.ignore_eos, b.opts.timeout_s) == ("http", False, 5.0)
+    with pytest.raises(InputError, match="protocol=ftp is not known"):
+        create_backend("triton", BackendSpec("ensemble", CPU, options={"protocol": "ftp"}))

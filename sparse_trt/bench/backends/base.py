@@ -48,10 +48,16 @@ from typing import Any, ClassVar
 import torch
 
 from sparse_trt.core.errors import InputError
+from sparse_trt.core.options import describe, parse_options
 
 from ..memory import ConfiguredMemory
 from ..results import SparseKernels
 from ..workload import Limits
+
+
+@dataclass(frozen=True)
+class NoOptions:
+    """A backend without ``--opt`` settings."""
 
 
 @dataclass(frozen=True)
@@ -97,8 +103,13 @@ class Backend(ABC):
     #: client's, measured only when asked and labelled "client"; the server's comes from server_memory_probe)
     memory_is_local: ClassVar[bool] = True
 
+    #: the backend's ``--opt KEY=VALUE`` settings: a frozen dataclass with defaults; unknown keys are refused
+    Options: ClassVar[type] = NoOptions
+
     def __init__(self, spec: BackendSpec) -> None:
         self.spec = spec
+        self.opts: Any = parse_options(self.Options, spec.options, f"backend '{self.name}'",
+                                       f"options of {self.name}: {describe(self.Options)} (docs/bench.md)")
 
     @abstractmethod
     def limits(self) -> Limits: ...

@@ -14,6 +14,7 @@ to the reference output's max magnitude), ``check_tokens=`` (rows of the check i
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -107,8 +108,22 @@ def check_cuda_2of4(device: torch.device) -> None:
         )
 
 
+@dataclass(frozen=True)
+class Torch2of4Options:
+    kernel: str = "auto"  # auto (per GPU), cusparselt or cutlass
+    rtol: float = 0.02  # sparse-vs-masked-dense relative tolerance of the check before timing
+    check_tokens: int = 64  # rows of random activations in that check
+
+    def __post_init__(self) -> None:
+        if self.kernel not in KERNELS:
+            raise ValueError(f"kernel must be one of {', '.join(KERNELS)}")
+        if not self.rtol > 0 or self.check_tokens < 1:
+            raise ValueError("rtol must be > 0 and check_tokens >= 1")
+
+
 class Torch2of4Backend(HFBackend):
     name = "torch-2of4"
+    Options = Torch2of4Options
 
     def __init__(self, spec) -> None:
         check_cuda_2of4(spec.device)
@@ -128,11 +143,10 @@ class Torch2of4Backend(HFBackend):
         if dtype not in SUPPORTED_DTYPES:
             raise InputError(f"the model loaded as {dtype}; torch-2of4 kernels need float16 or bfloat16",
                              fix="pass --dtype float16 (or bfloat16)")
-        cls, self._kind, self._kind_reason = semi_structured_class(self.spec.options.get("kernel", "auto"), self.spec.device)
+        cls, self._kind, self._kind_reason = semi_structured_class(self.opts.kernel, self.spec.device)
         from torch.sparse import to_sparse_semi_structured
 
-        rtol = float(self.spec.options.get("rtol", "0.02"))
-        rows = int(self.spec.options.get("check_tokens", "64"))
+        rtol, rows = self.opts.rtol, self.opts.check_tokens
         g = torch.Generator(device=self.spec.device).manual_seed(0)
         targets = all_targets(self.model, self.loaded.adapter)
         self._eligible = len(targets)

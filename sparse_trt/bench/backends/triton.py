@@ -25,13 +25,13 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from sparse_trt.core.deps import require
-from sparse_trt.core.errors import InputError
 from sparse_trt.engine.folder import read_engine_dir
 
 from ..errors import BackendError
@@ -88,21 +88,52 @@ class _Stream:
             pass
 
 
+@dataclass(frozen=True)
+class TritonOptions:
+    url: str = "localhost:8001"  # gRPC endpoint
+    protocol: str = "grpc"  # grpc, or http (Triton's generate_stream endpoint, as AIPerf's template client)
+    http_url: str = "localhost:8000"
+    interface: str = "tokens"  # tokens: TensorRT-LLM's token-id model; text: our entry models (text in, text out)
+    tokenizer: str | None = None  # with interface=text: token counts from this tokenizer
+    engine_dir: str | None = None  # the engine being served: its limits and build report
+    manifest: str | None = None  # sparsity.json folder, for quality
+    vocab_size: int | None = None
+    end_id: int = -1  # -1: never stop early
+    temperature: float | None = None
+    ignore_eos: bool = True
+    timeout_s: float = 600.0
+    metrics_url: str | None = None  # the server's /metrics, for its GPU memory
+    server_pid: int | None = None  # a local server's PID, for its process-tree RSS
+    # tensor names of the token-id interface
+    input_ids: str = "input_ids"
+    input_lengths: str = "input_lengths"
+    request_output_len: str = "request_output_len"
+    streaming: str = "streaming"
+    end_id_name: str = "end_id"
+    output_ids: str = "output_ids"
+
+    def __post_init__(self) -> None:
+        if self.protocol not in ("grpc", "http"):
+            raise ValueError(f"protocol={self.protocol} is not known: use grpc (default) or http")
+        if self.interface not in ("tokens", "text"):
+            raise ValueError(f"interface={self.interface} is not known: use tokens (default) or text")
+        if not self.timeout_s > 0:
+            raise ValueError("timeout_s must be > 0")
+
+
 class TritonBackend(Backend):
     name = "triton"
+    Options = TritonOptions
     thread_safe = True
     memory_is_local = False
     model_kind = "Triton model name (server given by --opt url=HOST:PORT)"
 
     def __init__(self, spec) -> None:
         super().__init__(spec)
-        self.url = spec.options.get("url", "localhost:8001")
-        self.protocol = spec.options.get("protocol", "grpc")
-        if self.protocol not in ("grpc", "http"):
-            raise InputError(f"--opt protocol={self.protocol} is not known", fix="use protocol=grpc (default) or protocol=http")
-        self.http_url = spec.options.get("http_url", "localhost:8000")
-        self.names = {k: spec.options.get(k, v) for k, v in DEFAULT_NAMES.items()}
-        engine = read_engine_dir(spec.options["engine_dir"]) if "engine_dir" in spec.options else None
+        o: TritonOptions = self.opts
+        self.url, self.protocol, self.http_url = o.url, o.protocol, o.http_url
+        self.names = {k: getattr(o, k) for k in DEFAULT_NAMES}
+        engine = read_engine_dir(o.engine_dir) if o.engine_dir else None
         self.engine_dir: Path | None = engine.path if engine else None
         self.cfg = engine.config if engine else {}
         self.report = read_build_report(self.engine_dir) if self.engine_dir else None
@@ -121,11 +152,11 @@ class TritonBackend(Backend):
 
     def load(self) -> None:
         self._grpc = require("tritonclient.grpc", "benchmarking a Triton server")
-        if self.spec.options.get("interface", "tokens") == "text" and "tokenizer" in self.spec.options:
+        if self.opts.interface == "text" and self.opts.tokenizer:
             from sparse_trt.serve.triton.bench_adapter import TextInterface
 
             self._text = TextInterface(self.spec.options)
-        elif self.spec.options.get("interface", "tokens") == "text":
+        elif self.opts.interface == "text":
             self._text_only = True  # text prompts only (triton load): no tokenizer needed
         if self.protocol == "http":
             self._check_http()
@@ -166,8 +197,8 @@ class TritonBackend(Backend):
 
             raise TokenizerError("--opt interface=text with token-id prompts needs --opt tokenizer=DIR",
                                  fix="add --opt tokenizer=PATH/TO/HF_MODEL (the served model's folder)")
-        if "vocab_size" in self.spec.options:
-            return int(self.spec.options["vocab_size"])
+        if self.opts.vocab_size is not None:
+            return int(self.opts.vocab_size)
         if self._text is not None:
             return self._text.vocab_size
         return engine_vocab(self.cfg) or 1000
@@ -183,7 +214,7 @@ class TritonBackend(Backend):
             (n["input_lengths"], np.asarray([[len(prompt)]], dtype=np.int32), "INT32"),
             (n["request_output_len"], np.asarray([[max_new_tokens]], dtype=np.int32), "INT32"),
             (n["streaming"], np.asarray([[True]], dtype=bool), "BOOL"),
-            (n["end_id_name"], np.asarray([[int(self.spec.options.get("end_id", "-1"))]], dtype=np.int32), "INT32"),
+            (n["end_id_name"], np.asarray([[self.opts.end_id]], dtype=np.int32), "INT32"),
         ]
         inputs = []
         for name, arr, dt in arrays:
@@ -195,8 +226,7 @@ class TritonBackend(Backend):
     def build_text_inputs(self, text: str, max_new_tokens: int) -> list[Any]:
         from sparse_trt.serve.triton.client import SamplingParams, _inputs
 
-        temp = float(self.spec.options["temperature"]) if "temperature" in self.spec.options else None
-        ignore_eos = self.spec.options.get("ignore_eos", "true").lower() not in ("0", "false", "no")
+        temp, ignore_eos = self.opts.temperature, self.opts.ignore_eos
         return _inputs(self._grpc, text, SamplingParams(max_tokens=max_new_tokens, temperature=temp, ignore_eos=ignore_eos),
                        stream=True)
 
@@ -227,10 +257,9 @@ class TritonBackend(Backend):
         """One sequence over HTTP ``generate_stream`` (server-sent events, one per token)."""
         from sparse_trt.serve.triton.client import SamplingParams, http_generate_stream
 
-        temp = float(self.spec.options["temperature"]) if "temperature" in self.spec.options else None
-        ignore_eos = self.spec.options.get("ignore_eos", "true").lower() not in ("0", "false", "no")
+        temp, ignore_eos = self.opts.temperature, self.opts.ignore_eos
         params = SamplingParams(max_tokens=max_new_tokens, temperature=temp, ignore_eos=ignore_eos)
-        timeout = float(self.spec.options.get("timeout_s", "600"))
+        timeout = self.opts.timeout_s
         start = time.perf_counter()
         times = [time.perf_counter() for ev in http_generate_stream(self.http_url, text, params, model=self.spec.model,
                                                                       timeout_s=timeout) if "text_output" in ev]
@@ -270,7 +299,7 @@ class TritonBackend(Backend):
         if self._grpc is None:
             raise RuntimeError("backend not loaded")
         s = self._stream()
-        timeout = float(self.spec.options.get("timeout_s", "600"))
+        timeout = self.opts.timeout_s
         ids = [self._next_id() for _ in request.prompts]
         qs = {rid: queue.Queue() for rid in ids}
         with s.lock:
@@ -331,8 +360,8 @@ class TritonBackend(Backend):
 
     def quality(self):
         dirs = ([self.engine_dir] if self.engine_dir else []) + report_source_dirs(self.report)
-        if "manifest" in self.spec.options:
-            dirs.insert(0, Path(self.spec.options["manifest"]))
+        if self.opts.manifest:
+            dirs.insert(0, Path(self.opts.manifest))
         return manifest_quality(*dirs)
 
     def info(self) -> dict[str, Any]:

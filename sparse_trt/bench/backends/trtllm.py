@@ -25,6 +25,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -59,16 +60,23 @@ FIT_FRACTION = 0.9
 _POLL = timedelta(milliseconds=20)
 
 
-def _opt_number(options: dict[str, str], key: str, kind: type, minimum: float) -> Any:
-    if key not in options:
-        return None
-    try:
-        v = kind(options[key])
-    except ValueError:
-        raise InputError(f"--opt {key}={options[key]} is not a {kind.__name__}", fix=f"e.g. --opt {key}=32768") from None
-    if v < minimum:
-        raise InputError(f"--opt {key}={options[key]} must be at least {minimum}", fix=f"e.g. --opt {key}=32768")
-    return v
+@dataclass(frozen=True)
+class TrtllmOptions:
+    kv_cache_tokens: int | None = None  # KV-cache budget in tokens (default: the engine's max_batch_size x max_seq_len)
+    kv_cache_free_gpu_memory_fraction: float | None = None  # cap on the free GPU memory the KV cache may take
+    end_id: int = -1  # -1: never stop early (exact output lengths)
+    pad_id: int = 0
+    timeout_s: float = 600.0  # per request
+    manifest: str | None = None  # sparsity.json folder for quality, when the build report does not name it
+
+    def __post_init__(self) -> None:
+        if self.kv_cache_tokens is not None and self.kv_cache_tokens < 1:
+            raise ValueError("kv_cache_tokens must be at least 1, e.g. --opt kv_cache_tokens=32768")
+        f = self.kv_cache_free_gpu_memory_fraction
+        if f is not None and not 0.0 < f <= 1.0:
+            raise ValueError(f"kv_cache_free_gpu_memory_fraction={f} is not in (0, 1], e.g. 0.4")
+        if not self.timeout_s > 0:
+            raise ValueError("timeout_s must be > 0")
 
 
 def free_device_memory(device: torch.device) -> tuple[int, int]:
@@ -81,6 +89,7 @@ class TrtllmBackend(Backend):
     name = "trtllm"
     thread_safe = True  # one response thread dispatches to per-request queues
     model_kind = "TensorRT-LLM engine folder"
+    Options = TrtllmOptions
     #: TensorRT-LLM allocates device memory outside torch: torch allocator peaks say nothing about it
     #: (``MemoryProbe(device, torch_allocator=False, configured=backend.configured_memory())``)
     torch_allocator = False
@@ -99,12 +108,9 @@ class TrtllmBackend(Backend):
                 f"--backend triton), or with NVIDIA's trtllm-bench under `mpirun -n {mapping.world_size}`",
             )
         self.geometry: KvGeometry | None = kv_geometry(self.cfg)
-        opts = spec.options
-        self.kv_fraction: float | None = _opt_number(opts, "kv_cache_free_gpu_memory_fraction", float, 0.0)
-        if self.kv_fraction is not None and not 0.0 < self.kv_fraction <= 1.0:
-            raise InputError(f"--opt kv_cache_free_gpu_memory_fraction={self.kv_fraction} is not in (0, 1]",
-                             fix="e.g. --opt kv_cache_free_gpu_memory_fraction=0.4")
-        tokens = _opt_number(opts, "kv_cache_tokens", int, 1)
+        opts: TrtllmOptions = self.opts
+        self.kv_fraction: float | None = opts.kv_cache_free_gpu_memory_fraction
+        tokens = opts.kv_cache_tokens
         lim = engine_limits(self.cfg)
         if tokens is not None:
             self.kv_source = "--opt kv_cache_tokens"
@@ -115,9 +121,7 @@ class TrtllmBackend(Backend):
             raise InputError(f"engine '{self.dir}' config has no max_batch_size/max_seq_len to size the KV cache from",
                              fix="pass --opt kv_cache_tokens=N (the same N for both sides of a compare)")
         self.kv_tokens: int = self.geometry.round_tokens(tokens) if self.geometry else tokens
-        self.end_id = int(opts.get("end_id", "-1"))
-        self.pad_id = int(opts.get("pad_id", "0"))
-        self.timeout_s = float(opts.get("timeout_s", "600"))
+        self.end_id, self.pad_id, self.timeout_s = opts.end_id, opts.pad_id, opts.timeout_s
         self.executor: Any = None
         self._tle: Any = None
         self._lock = threading.Lock()
@@ -287,7 +291,7 @@ class TrtllmBackend(Backend):
         return None if self.report is None else self.report.to_dict()
 
     def quality(self):
-        extra = [Path(self.spec.options["manifest"])] if "manifest" in self.spec.options else []
+        extra = [Path(self.opts.manifest)] if self.opts.manifest else []
         typed = None if isinstance(self.report, BuildReportError) else self.report
         return manifest_quality(*extra, self.dir, *report_source_dirs(typed))
 
