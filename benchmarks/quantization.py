@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Quality of FP8 / INT8-SmoothQuant on top of 2:4 (issue 15): dense/sparse x fp/fp8/int8-sq perplexity.
+"""Quality of FP8 / INT8-SmoothQuant on top of 2:4: dense/sparse x fp/fp8/int8-sq perplexity.
 
 Quantized rows are *simulated* (eval/simquant.py: weights, activations and, where asked, the KV cache
 quantize-dequantized with the scales `sparse-trt export trtllm` writes), so this runs on a CPU.

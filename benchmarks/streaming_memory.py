@@ -1,4 +1,4 @@
-"""Peak resident memory of a streamed prune vs model size (issue: models larger than memory).
+"""Peak resident memory of a streamed prune vs model size.
 
 Writes synthetic LLaMA-shaped bf16 checkpoints layer by layer (``bench.synth.write_streamed_checkpoint``,
 random weights, SmolLM2's tokenizer), prunes each in a fresh subprocess and records the process's peak

@@ -1,6 +1,6 @@
 """``triton``: requests to a running Triton server over gRPC, streamed (decoupled) so TTFT is real.
 
-The server side lives in ``sparse_trt/serve/`` (issue 5). This client speaks the token-id interface
+The server side lives in ``sparse_trt/serve/``. This client speaks the token-id interface
 of TensorRT-LLM's ``tensorrt_llm`` Triton model by default; each sequence of a request is sent as
 its own streaming request (the server batches in flight). Any model with the same tensor names
 works (e.g. a PyTorch python-backend model); otherwise subclass :class:`TritonBackend` and override
