@@ -12,7 +12,6 @@ Two sources, both labelled "server":
 from __future__ import annotations
 
 import logging
-import os
 import re
 import threading
 import urllib.error
@@ -28,30 +27,10 @@ _GPU_USED = re.compile(r"^nv_gpu_memory_used_bytes(\{[^}]*\})?\s+([0-9.eE+-]+)\s
 
 
 def listening_pid(port: int) -> int | None:
-    """PID of a process (readable by us) with a listening TCP socket on ``port``, via /proc."""
-    inodes: set[str] = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for ln in lines:
-            f = ln.split()
-            if len(f) > 9 and f[3] == "0A" and int(f[1].rsplit(":", 1)[1], 16) == port:
-                inodes.add(f[9])
-    if not inodes:
-        return None
-    targets = {f"socket:[{i}]" for i in inodes}
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            for fd in (d / "fd").iterdir():
-                if os.readlink(fd) in targets:
-                    return int(d.name)
-        except OSError:
-            continue
-    return None
+    """PID of a process (readable by us) with a listening TCP socket on ``port`` (the serving stage's /proc lookup)."""
+    from sparse_trt.serve.triton.server import port_holder
+
+    return port_holder(port)
 
 
 def _children() -> dict[int, list[int]]:
