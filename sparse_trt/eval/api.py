@@ -12,10 +12,19 @@ from sparse_trt.core.atomic import atomic_write_text
 from sparse_trt.core.errors import InputError
 from sparse_trt.core.manifest import MANIFEST_NAME
 from sparse_trt.data.text import TextSource
-from sparse_trt.data.windows import eval_windows, tokenizer_adds_bos
+from sparse_trt.data.windows import eval_windows
 from sparse_trt.models.loading import LoadedModel, load_model
 
 from .perplexity import PerplexityResult, perplexity, to_result
+
+
+def heldout_windows(loaded: LoadedModel, data: TextSource, seqlen: int, max_windows: int | None) -> tuple[torch.Tensor, bool]:
+    """The held-out windows a model is scored on, and whether they start with BOS; --seqlen checked first."""
+    limit = loaded.context_limit()
+    if limit is not None and seqlen > limit:
+        raise InputError(f"--seqlen {seqlen} exceeds the model's context of {limit} tokens", fix=f"use --seqlen {limit} or less")
+    bos = loaded.add_bos()
+    return eval_windows(loaded.tokenizer, data, seqlen, max_windows, bos), bos
 
 
 def evaluate_loaded(
@@ -27,11 +36,7 @@ def evaluate_loaded(
     device: torch.device,
     progress: Callable[[int, int], None] | None = None,
 ) -> PerplexityResult:
-    limit = loaded.adapter.max_context(loaded.model.config)
-    if limit is not None and seqlen > limit:
-        raise InputError(f"--seqlen {seqlen} exceeds the model's context of {limit} tokens", fix=f"use --seqlen {limit} or less")
-    bos = loaded.adapter.needs_bos or tokenizer_adds_bos(loaded.tokenizer)
-    windows = eval_windows(loaded.tokenizer, data, seqlen, max_windows, bos)
+    windows, bos = heldout_windows(loaded, data, seqlen, max_windows)
     loaded.model.to(device)
     nll, tokens = perplexity(loaded.model, windows, device, progress=progress)
     return to_result(name, data.name, windows, nll, tokens, bos)

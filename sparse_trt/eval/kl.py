@@ -125,17 +125,14 @@ def run_kl(
     trust_remote_code: bool = False,
 ) -> KLResult:
     """Load both models and compare them on the held-out windows of ``data`` (a TextSource)."""
-    from sparse_trt.data.windows import eval_windows, tokenizer_adds_bos
     from sparse_trt.models.loading import load_model
+
+    from .api import heldout_windows
 
     loaded = load_model(model, dtype=dtype, trust_remote_code=trust_remote_code)
     ref = load_model(reference, dtype=dtype, trust_remote_code=trust_remote_code)
     check_same_vocabulary(loaded.tokenizer, ref.tokenizer, model, reference)
-    limit = loaded.adapter.max_context(loaded.model.config)
-    if limit is not None and seqlen > limit:
-        raise InputError(f"--seqlen {seqlen} exceeds the model's context of {limit} tokens", fix=f"use --seqlen {limit} or less")
-    bos = loaded.adapter.needs_bos or tokenizer_adds_bos(loaded.tokenizer)
-    windows = eval_windows(loaded.tokenizer, data, seqlen, max_windows, bos)
+    windows, bos = heldout_windows(loaded, data, seqlen, max_windows)
     loaded.model.to(device)
     ref.model.to(device)
     c = compare_to_reference(loaded.model, ref.model, windows, device, progress=progress)
