@@ -26,7 +26,7 @@ from sparse_trt.core.jsonio import read_json_object
 from sparse_trt.core.manifest import MANIFEST_NAME, Manifest
 from sparse_trt.core.patterns import NM, parse_pattern
 from sparse_trt.data.text import TextSource
-from sparse_trt.data.windows import calibration_windows, tokenizer_adds_bos
+from sparse_trt.data.windows import calibration_windows
 
 from . import scales as sc
 from .calibrate import CalibStats, calibrate
@@ -228,7 +228,7 @@ def quantize_model(
     from sparse_trt.models.adapters import all_targets
 
     targets = all_targets(loaded.model, adapter)
-    bos = adapter.needs_bos or tokenizer_adds_bos(loaded.tokenizer)
+    bos = loaded.add_bos()
     windows = calibration_windows(loaded.tokenizer, opts.calib, opts.nsamples, opts.seqlen, opts.seed, bos)
     stats = calibrate(loaded.model, layers, adapter.layers_path, targets, windows, device,
                       kv_cache=opts.kv is not None, batch_size=opts.batch_size, progress=progress)
