@@ -245,3 +245,143 @@ def test_quantize_export_table_agrees_with_the_exporter():
     for arch, layout in QUANT_EXPORT_ARCHITECTURES.items():
         family = next(f for f in FAMILIES if arch in f.architectures)
         assert family.name == layout and layout in FUSED_GROUPS
+
+
+# ------------------------------------------------------------------------------ --exclude
+
+
+def test_resolve_excludes_globs_plain_names_groups_and_errors():
+    from sparse_trt.quantize.exclude import parse_excludes, resolve_excludes
+
+    names = [f"model.layers.{i}.{m}" for i in range(2) for m in
+             ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj",
+              "mlp.up_proj", "mlp.down_proj")]
+    group_of = {n: (n,) for n in names}
+    for i in range(2):
+        qkv = tuple(f"model.layers.{i}.self_attn.{x}_proj" for x in "qkv")
+        gu = (f"model.layers.{i}.mlp.gate_proj", f"model.layers.{i}.mlp.up_proj")
+        group_of.update({m: qkv for m in qkv} | {m: gu for m in gu})
+    down = ("model.layers.0.mlp.down_proj", "model.layers.1.mlp.down_proj")
+    for pats in (("*mlp.down_proj",), ("mlp.down_proj",), ("down_proj",), ("model.layers.*.mlp.down_proj",)):
+        assert resolve_excludes(parse_excludes(pats), names, group_of, "model.layers") == down, pats
+    assert resolve_excludes(("model.layers.1.mlp.down_proj",), names, group_of, "model.layers") == down[1:]
+    layer0 = resolve_excludes(("model.layers.0.*",), names, group_of, "model.layers")
+    assert layer0 == tuple(names[:7])
+    assert resolve_excludes(("*self_attn.[qkv]_proj",), names, group_of, "model.layers") == tuple(
+        n for n in names if n.split(".")[-1] in ("q_proj", "k_proj", "v_proj"))
+    with pytest.raises(InputError, match=r"'\*mlp.down_prj' matches no quantizable linear") as e:
+        resolve_excludes(("*mlp.down_prj",), names, group_of, "model.layers")
+    assert "mlp.down_proj" in e.value.fix and "model.layers.0.self_attn.q_proj" in e.value.fix
+    with pytest.raises(InputError, match="excludes every one of the 14"):
+        resolve_excludes(("*",), names, group_of, "model.layers")
+    with pytest.raises(InputError, match="one fused GEMM") as e:
+        resolve_excludes(("*q_proj",), names, group_of, "model.layers")
+    assert "k_proj" in e.value.message and "--exclude '*self_attn.v_proj'" in e.value.fix
+    with pytest.raises(InputError, match="empty"):
+        parse_excludes(["  "])
+    assert parse_excludes([" a ", "a", "b"]) == ("a", "b")
+
+
+def _trtllm_excluded(module: str, exclude_modules: list[str]) -> bool:
+    """TensorRT-LLM 1.2's rule (quantization/quantize.py quantize_layers): fnmatchcase of its module name."""
+    import fnmatch
+
+    return any(fnmatch.fnmatchcase(module, p) for p in exclude_modules)
+
+
+@pytest.mark.parametrize("fmt", ["fp8", "int8-sq"])
+def test_exclude_flows_through_calibration_eval_and_export(env, tmp_path, fmt):
+    pruned, calib, _ = env
+    kv = {"fp8": "fp8", "int8-sq": "int8"}[fmt]
+    res = quantize_model(str(pruned), tmp_path / "q", _opts(calib, fmt, kv, exclude=("*mlp.down_proj",)), device=CPU)
+    down = ["model.layers.0.mlp.down_proj", "model.layers.1.mlp.down_proj"]
+    d = json.loads((res.out / QUANT_NAME).read_text())
+    assert d["exclude_modules"] == ["lm_head", *down]
+    assert len(d["linears"]) == 2 * 6 and not any("down_proj" in lq["name"] for lq in d["linears"])
+    spec = load_quant_spec(res.out)
+    assert spec.exclude_modules == ("lm_head", *down)
+    assert not any("down_proj" in k for k in spec.tensors)  # no scales computed or stored for them
+    assert res.checked_weights == 12 * (3 if fmt == "int8-sq" else 1)  # N:M still checked on every quantized weight
+
+    # eval: excluded linears keep their weights and see unquantized inputs
+    loaded = load_model(str(res.out))
+    m = loaded.model.model.layers[0]
+    down_w, q_w = m.mlp.down_proj.weight.data.clone(), m.self_attn.q_proj.weight.data.clone()
+    with simulated_quantization(loaded.model, loaded.adapter, spec) as info:
+        assert info.linears == 12 and info.excluded == tuple(down)
+        assert torch.equal(m.mlp.down_proj.weight.data, down_w) and not m.mlp.down_proj._forward_pre_hooks
+        assert not torch.equal(m.self_attn.q_proj.weight.data, q_w) and m.self_attn.q_proj._forward_pre_hooks
+
+    # export: TensorRT-LLM names in exclude_modules, weights kept in the export dtype, no scales; 2:4 checked
+    ckpt = tmp_path / "ckpt"
+    r = export_trtllm(res.out, ckpt, dtype=torch.float16, tp=2)
+    assert r.checked_weights > 0
+    cfg = json.loads((ckpt / "config.json").read_text())
+    ex = cfg["quantization"]["exclude_modules"]
+    assert ex == ["lm_head", "transformer.layers.0.mlp.proj", "transformer.layers.1.mlp.proj"]
+    hf = _read(pruned / "model.safetensors")
+    for rank in range(2):
+        t = _read(ckpt / f"rank{rank}.safetensors")
+        for name, w in t.items():
+            if not (name.startswith("transformer.layers.") and name.endswith(".weight")) or "layernorm" in name:
+                continue
+            module = name[: -len(".weight")]
+            if _trtllm_excluded(module, ex):  # what TensorRT-LLM builds unquantized
+                assert w.dtype == torch.float16 and f"{module}.weights_scaling_factor" not in t, name
+                assert f"{module}.activation_scaling_factor" not in t and f"{module}.prequant_scaling_factor" not in t
+            else:
+                assert w.dtype == FORMATS[fmt].weight_dtype, name
+        src = hf["model.layers.1.mlp.down_proj.weight"]
+        half = src.shape[1] // 2
+        assert torch.equal(t["transformer.layers.1.mlp.proj.weight"], src[:, rank * half:(rank + 1) * half].half())
+        assert nm_violations(t["transformer.layers.1.mlp.proj.weight"], NM(2, 4)) == 0
+
+    # pipeline parallel: the same linears in every stage -> one list of rank-local names
+    export_trtllm(res.out, tmp_path / "pp", dtype=torch.float16, pp=2)
+    cfg = json.loads((tmp_path / "pp" / "config.json").read_text())
+    assert cfg["quantization"]["exclude_modules"] == ["lm_head", "transformer.layers.0.mlp.proj"]
+    for rank in range(2):
+        t = _read(tmp_path / "pp" / f"rank{rank}.safetensors")
+        assert t["transformer.layers.0.mlp.proj.weight"].dtype == torch.float16
+        assert t["transformer.layers.0.mlp.fc.weight"].dtype == FORMATS[fmt].weight_dtype
+
+
+def test_exclude_one_layer_and_pipeline_parallel_refusal(env, tmp_path):
+    pruned, calib, _ = env
+    res = quantize_model(str(pruned), tmp_path / "q", _opts(calib, "fp8", exclude=("model.layers.0.*",)), device=CPU)
+    spec = load_quant_spec(res.out)
+    assert len(spec.exclude_modules) == 1 + 7 and all(lq.name.startswith("model.layers.1.") for lq in spec.linears)
+    export_trtllm(res.out, tmp_path / "ckpt", dtype=torch.float16)
+    ex = json.loads((tmp_path / "ckpt" / "config.json").read_text())["quantization"]["exclude_modules"]
+    assert ex[0] == "lm_head" and sorted(ex[1:]) == [f"transformer.layers.0.{x}" for x in
+                                                    ("attention.dense", "attention.qkv", "mlp.fc", "mlp.gate", "mlp.proj")]
+    t = _read(tmp_path / "ckpt" / "rank0.safetensors")
+    assert t["transformer.layers.0.mlp.fc.weight"].dtype == torch.float16
+    assert t["transformer.layers.1.mlp.fc.weight"].dtype == torch.float8_e4m3fn
+    # pp 2: rank 1's layer 1 is its local layer 0 too; one list cannot keep layer 0 and quantize layer 1
+    with pytest.raises(QuantExportError, match="--pp 2") as e:
+        export_trtllm(res.out, tmp_path / "pp", dtype=torch.float16, pp=2)
+    assert "--pp 1" in e.value.fix
+    assert not (tmp_path / "pp").exists()
+
+
+def test_exclude_bad_patterns_are_refused_before_calibration(env, tmp_path):
+    pruned, calib, _ = env
+    with pytest.raises(InputError, match="matches no quantizable linear"):
+        quantize_model(str(pruned), tmp_path / "a", _opts(calib, exclude=("*mlp.dwn_proj",)), device=CPU)
+    with pytest.raises(InputError, match="nothing would be quantized"):
+        quantize_model(str(pruned), tmp_path / "b", _opts(calib, exclude=("model.layers.*",)), device=CPU)
+    with pytest.raises(InputError, match="one fused GEMM"):
+        quantize_model(str(pruned), tmp_path / "c", _opts(calib, exclude=("*mlp.up_proj",)), device=CPU)
+    assert list(tmp_path.iterdir()) == []
+    r = runner.invoke(app, ["quantize", str(pruned), "-o", str(tmp_path / "d"), "--format", "fp8", "--calib", calib,
+                            "--nsamples", "4", "--seqlen", "32", "--exclude", "*nothing*"])
+    assert r.exit_code == 2 and "*nothing*" in r.output and "mlp.down_proj" in r.output
+    r = runner.invoke(app, ["quantize", str(pruned), "-o", str(tmp_path / "e"), "--format", "int8-sq", "--calib", calib,
+                            "--nsamples", "4", "--seqlen", "32", "--exclude", "*mlp.down_proj", "--exclude",
+                            "model.layers.1.self_attn.o_proj", "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["exclude_modules"] == ["lm_head", "model.layers.0.mlp.down_proj",
+                                                      "model.layers.1.self_attn.o_proj", "model.layers.1.mlp.down_proj"]
+    h = runner.invoke(app, ["quantize", "--help"], terminal_width=200)
+    assert "--exclude" in h.output and "lm_head" in h.output

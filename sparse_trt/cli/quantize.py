@@ -25,6 +25,12 @@ def quantize_cmd(
     nsamples: int = typer.Option(128, "--nsamples", help="Number of calibration windows."),
     seqlen: int = typer.Option(512, "--seqlen", help="Tokens per calibration window."),
     seed: int = typer.Option(0, "--seed", help="Seed choosing the calibration windows."),
+    exclude: list[str] = typer.Option(
+        [], "--exclude",
+        help="Keep these linears unquantized, in the input dtype (repeatable): a glob over module names, full "
+             "('model.layers.0.*') or inside a layer ('*mlp.down_proj'); a plain name also matches as a suffix "
+             "('down_proj'). q/k/v and gate/up are fused GEMMs: exclude all of a group or none. lm_head is always "
+             "excluded. Excluded GEMMs run in 16-bit."),
     alpha: float = typer.Option(1.0, "--alpha", help="int8-sq: SmoothQuant migration strength in [0, 1] (1.0 = NVIDIA ModelOpt's default; 0.5 = the paper's)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N (where the calibration forward runs)."),
     dtype: str = typer.Option("auto", "--dtype", help="Calibration dtype: auto (the checkpoint's), float32, float16, bfloat16. Weights are written unchanged."),
@@ -37,7 +43,8 @@ def quantize_cmd(
 
     The output folder keeps the input's weights as they are and adds quantization.json; `sparse-trt export
     trtllm` turns it into an FP8 / INT8 checkpoint and `sparse-trt eval` simulates the quantized engine.
-    The N:M pattern is checked after every transform (smoothing, quantization).
+    The N:M pattern is checked after every transform (smoothing, quantization). lm_head and the linears
+    matched by --exclude stay unquantized (listed in quantization.json's exclude_modules).
     """
     from sparse_trt.data.text import parse_source
     from sparse_trt.quantize.api import QuantizeOptions, quantize_model
@@ -48,7 +55,7 @@ def quantize_cmd(
     setup_logging(verbose)
     f = parse_format(fmt)
     opts = QuantizeOptions(f, parse_kv_format(kv_cache, f), parse_source(calib), nsamples=nsamples, seqlen=seqlen,
-                           seed=seed, alpha=alpha)
+                           seed=seed, alpha=alpha, exclude=tuple(exclude))
     with progress_bar("calibration windows") as (prog, task):
         res = quantize_model(
             model, out_dir, opts, device=resolve_device(device), dtype=resolve_dtype(dtype), overwrite=overwrite,
@@ -59,6 +66,7 @@ def quantize_cmd(
         out.print_json(json.dumps({
             "out": str(res.out), "format": spec.format, "quant_algo": spec.quant_algo, "kv_cache": spec.kv_cache,
             "alpha": spec.alpha, "linears": len(spec.linears), "kv_layers": len(spec.kv),
+            "exclude_modules": list(spec.exclude_modules),
             "checked_weights": res.checked_weights, "calib_tokens": res.calib_tokens, "seconds": round(res.seconds, 2),
         }))
         return
@@ -68,6 +76,10 @@ def quantize_cmd(
     t.add_row(str(len(spec.linears)), spec.kv_cache or "not quantized", str(res.calib_tokens),
               f"{res.checked_weights} weights" if spec.pattern else "dense model", f"{res.seconds:.1f}")
     console.print(t)
+    kept = [m for m in spec.exclude_modules if m != "lm_head"]
+    if kept:
+        console.print(f"kept unquantized (--exclude, in the input dtype): {len(kept)} linears, e.g. {', '.join(kept[:4])}",
+                      markup=False, highlight=False)
     if spec.pattern:
         console.print(f"[green]pattern {escape(spec.pattern)} holds[/] after every transform")
     console.print(f"wrote {escape(str(res.out))} (export it with `sparse-trt export trtllm {escape(str(res.out))} -o CKPT`; "

@@ -6,7 +6,8 @@ a forward pre-hook quantize-dequantizes the input with the static activation sca
 by the SmoothQuant factors), as TensorRT-LLM's FP8 / INT8-SmoothQuant linears do: ``Q(x * s) @ Q(W / s)``.
 A quantized KV cache is simulated on the key/value states the cache would hold (after RoPE), with the
 layer's ``kv_cache_scaling_factor``. FP8 uses torch's ``float8_e4m3fn`` casts (saturating at ±448).
-Everything is restored on exit.
+Linears in ``exclude_modules`` (``lm_head``, and those ``quantize --exclude`` kept out) are left as they
+are, in the model dtype, as the engine runs them. Everything is restored on exit.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class SimInfo:
     kv_cache: str | None
     linears: int  # linears simulated
     kv_layers: int
+    excluded: tuple[str, ...] = ()  # decoder linears left unquantized (quantize --exclude)
 
 
 def dequantized_weight(spec: QuantSpec, name: str, w: torch.Tensor) -> torch.Tensor:
@@ -58,6 +60,11 @@ def simulated_quantization(model: nn.Module, adapter: Adapter, spec: QuantSpec) 
     if missing:
         raise QuantSpecError(f"quantization.json lists {missing[:3]} which the model does not have",
                              fix="the quantization belongs to another model; re-run `sparse-trt quantize`")
+    excluded = set(spec.exclude_modules)
+    both = [lq.name for lq in spec.linears if lq.name in excluded]
+    if both:
+        raise QuantSpecError(f"quantization.json both quantizes and excludes {both[:3]}",
+                             fix="the file was edited by hand; re-run `sparse-trt quantize`")
     saved: dict[str, torch.Tensor] = {}
     handles = []
 
@@ -88,7 +95,8 @@ def simulated_quantization(model: nn.Module, adapter: Adapter, spec: QuantSpec) 
 
             kv_ctx = kv_hooks(model, adapter.layers(model), adapter.layers_path, kv_fn)
         with kv_ctx:
-            yield SimInfo(spec.format, spec.kv_cache, len(spec.linears), len(spec.kv))
+            yield SimInfo(spec.format, spec.kv_cache, len(spec.linears), len(spec.kv),
+                          tuple(n for n in targets if n in excluded))
     finally:
         for h in handles:
             h.remove()

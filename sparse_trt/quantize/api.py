@@ -31,6 +31,7 @@ from sparse_trt.data.windows import calibration_windows
 from . import scales as sc
 from .calibrate import CalibStats, calibrate
 from .errors import AlreadyQuantizedError, QuantExportError
+from .exclude import ALWAYS_EXCLUDED, parse_excludes, resolve_excludes
 from .formats import QUANT_EXPORT_ARCHITECTURES, KVFormat, QuantFormat, fused_groups
 from .spec import QUANT_NAME, SCALES_NAME, KVQuant, LinearQuant, QuantSpec
 
@@ -50,8 +51,10 @@ class QuantizeOptions:
     seed: int = 0
     alpha: float = DEFAULT_ALPHA
     batch_size: int = 1
+    exclude: tuple[str, ...] = ()  # --exclude globs: linears kept unquantized (quantize/exclude.py)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "exclude", parse_excludes(self.exclude))
         if not 0.0 <= self.alpha <= 1.0:
             raise InputError(f"--alpha {self.alpha} is outside [0, 1]", fix="use e.g. --alpha 0.5 (SmoothQuant paper) or 1.0")
         if self.nsamples < 1 or self.seqlen < 2:
@@ -227,7 +230,13 @@ def quantize_model(
     layers = adapter.layers(loaded.model)
     from sparse_trt.models.adapters import all_targets
 
-    targets = all_targets(loaded.model, adapter)
+    all_linears = all_targets(loaded.model, adapter)
+    # --exclude is resolved (and refused when it matches nothing, everything, or part of a fused group)
+    # before calibration; excluded linears get no hooks, no scales and no entry in quantization.json.
+    excluded = resolve_excludes(opts.exclude, [t.name for t in all_linears],
+                                _groups([t.name for t in all_linears], family, adapter.layers_path, len(layers)),
+                                adapter.layers_path)
+    targets = [t for t in all_linears if t.name not in set(excluded)]
     bos = loaded.add_bos()
     windows = calibration_windows(loaded.tokenizer, opts.calib, opts.nsamples, opts.seqlen, opts.seed, bos)
     stats = calibrate(loaded.model, layers, adapter.layers_path, targets, windows, device,
@@ -268,6 +277,7 @@ def quantize_model(
                      "tokens": stats.tokens, "bos": bos},
         calib_dtype=dtype_name(next(loaded.model.parameters()).dtype), weight_dtype=",".join(sorted(wdtype)),
         family=family, pattern=pattern, linears=tuple(linears), kv=tuple(kv),
+        exclude_modules=ALWAYS_EXCLUDED + excluded,
         tool_version=sparse_trt.__version__, seconds=round(time.perf_counter() - t0, 3), tensors=tensors,
     )
     with atomic_output_dir(out, overwrite=overwrite, what="quantized model folder") as tmp:

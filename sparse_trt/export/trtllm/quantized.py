@@ -15,6 +15,14 @@ parameters and as NVIDIA ModelOpt 0.47's exporter writes them):
 
 Elementwise quantization commutes with splitting, so per-rank quantization with split scales equals
 quantizing the whole tensor first (what ModelOpt does) bit for bit.
+
+Linears that ``quantize --exclude`` kept out (listed in quantization.json's ``exclude_modules``) keep
+their weight in the export dtype with no scale tensors, and the config's ``exclude_modules`` names
+them as TensorRT-LLM names its modules: ``transformer.layers.{i}.{attention.qkv|attention.dense|
+mlp.fc|mlp.gate|mlp.proj}``, exact names (TensorRT-LLM matches each entry with ``fnmatch`` against its
+module names, and its build-time gate/up fusion for FP8 looks the ``mlp.fc`` name up literally), with
+``i`` the layer's index within its pipeline rank (TensorRT-LLM numbers each rank's layers from 0, and
+one config serves every rank).
 """
 
 from __future__ import annotations
@@ -54,10 +62,32 @@ class QuantizedExport:
         self.conv = conv
         self.scales: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
         self.source_dtype: torch.dtype | None = None
+        excluded = set(spec.exclude_modules)
+        self.excluded: set[tuple[int, str]] = set()  # (layer, TensorRT-LLM local name) kept unquantized
+        self.linears: dict[int, list[str]] = {}  # layer -> its TensorRT-LLM linear names, in order
+        found: set[str] = set()
         for i, layer in enumerate(conv.layers):
             for local, item in layer.items():
-                if isinstance(item, Linear):
+                if not isinstance(item, Linear):
+                    continue
+                self.linears.setdefault(i, []).append(local)
+                names = list(dict.fromkeys(item.sources))
+                out = [n for n in names if n in excluded]
+                found.update(out)
+                if out and len(out) < len(names):
+                    raise QuantSpecError(
+                        f"quantization.json excludes {out} but not {[n for n in names if n not in excluded]}, which "
+                        f"TensorRT-LLM fuses with them into transformer.layers.{i}.{local}",
+                        fix="re-run `sparse-trt quantize` (its --exclude takes whole fused groups)",
+                    )
+                if out:
+                    self.excluded.add((i, local))
+                else:
                     self._prepare(i, local, item)
+        unknown = sorted(excluded - found - {"lm_head"})
+        if unknown:
+            raise QuantSpecError(f"quantization.json excludes {unknown[:3]}, which the model does not have",
+                                 fix="the quantization belongs to another model; re-run `sparse-trt quantize`")
 
     # ------------------------------------------------------------------ unsharded preparation
 
@@ -112,12 +142,46 @@ class QuantizedExport:
 
     # ------------------------------------------------------------------------ per rank
 
-    def config_block(self) -> dict[str, Any]:
+    def config_block(self, mapping: Mapping) -> dict[str, Any]:
         return {
             "quant_algo": self.fmt.quant_algo,
             "kv_cache_quant_algo": None if self.kv is None else self.kv.quant_algo,
-            "exclude_modules": list(self.spec.exclude_modules),
+            "exclude_modules": ["lm_head", *self.trtllm_excludes(mapping)],
         }
+
+    def trtllm_excludes(self, mapping: Mapping) -> list[str]:
+        """TensorRT-LLM module names of the excluded linears, valid for every rank of ``mapping``.
+
+        Each rank's layers are numbered from 0 and all ranks read the same list, so the list is the union
+        over ranks of their local names; it is refused when on some rank it would also name a linear
+        that rank quantizes (different exclusions in different pipeline stages).
+        """
+        n = len(self.conv.layers)
+        per_rank: list[tuple[set[str], set[str]]] = []  # (excluded, present) local names per rank
+        for rank in range(mapping.world_size):
+            ex, present = set(), set()
+            for j, gi in enumerate(mapping.layers(rank, n)):
+                for local in self.linears.get(gi, []):
+                    name = f"transformer.layers.{j}.{local}"
+                    present.add(name)
+                    if (gi, local) in self.excluded:
+                        ex.add(name)
+            per_rank.append((ex, present))
+        union = set().union(*(ex for ex, _ in per_rank))
+        for rank, (ex, present) in enumerate(per_rank):
+            wrong = sorted((union & present) - ex)
+            if wrong:
+                ids = mapping.layers(rank, n)
+                raise QuantExportError(
+                    f"--pp {mapping.pp}: TensorRT-LLM numbers the layers of each pipeline rank from 0 and applies one "
+                    f"exclude_modules list to all ranks, so the exclusions of quantization.json cannot be written: on rank "
+                    f"{rank} (layers {ids[0]}..{ids[-1]}) it would also keep {wrong[0]} unquantized",
+                    fix="export with --pp 1 (tensor parallelism is fine), or quantize with --exclude patterns that pick "
+                        "the same linears in every pipeline stage (e.g. '*mlp.down_proj')",
+                )
+        order = {(f"transformer.layers.{j}.{local}"): (j, k) for j in range(n) for k, local in
+                 enumerate(self.linears.get(j, []))}
+        return sorted(union, key=lambda x: order.get(x, (n, 0)))
 
     def _rank_scales(self, lin: Linear, scales: dict[str, Any], mapping: Mapping, rank: int) -> dict[str, torch.Tensor]:
         tp, r = mapping.tp, mapping.tp_rank(rank)

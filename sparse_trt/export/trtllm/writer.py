@@ -193,7 +193,7 @@ def export_trtllm(
     result = ExportResult(out.absolute(), family.name, conv.config["architecture"], dtype_name, tp, pp, pattern)
     result.config = build_config(conv, mapping, pattern)
     if qexp is not None:
-        result.config["quantization"] = qexp.config_block()
+        result.config["quantization"] = qexp.config_block(mapping)
     with atomic_output_dir(out, overwrite=overwrite, what="checkpoint directory") as tmp:
         for rank in range(mapping.world_size):
             if index is not None:
