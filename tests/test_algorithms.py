@@ -51,6 +51,19 @@ def test_stats_accumulate_like_batch():
     torch.testing.assert_close(st.col_norm_sq(), (x * x).mean(0), rtol=1e-5, atol=1e-6)
 
 
+def test_hessian_upper_block_accumulation_is_exact_and_symmetric():
+    # wide enough (>= 256 inputs) that the CPU accumulator fills only the upper block triangle
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(700, 300, generator=g) * torch.logspace(-1, 1, 300)
+    acc = StatsAccumulator(300, norms=False, hessian=True, sample_rows=0, device=torch.device("cpu"))
+    assert acc._parts > 1
+    acc.add(x[:333], 700)
+    acc.add(x[333:], 700)
+    st = acc.finish()
+    assert torch.equal(st.xtx, st.xtx.t())  # mirrored, so exactly symmetric
+    torch.testing.assert_close(st.xtx, (x.double().t() @ x.double()).float(), rtol=1e-4, atol=1e-2)
+
+
 def test_all_methods_exact_nm_and_masked_zero():
     w, x, st = _data()
     for res in (magnitude_prune(w, NM(2, 4)), wanda_prune(w, st.col_norm_sq(), NM(2, 4)), sparsegpt_prune(w, st.hessian(), NM(2, 4))):
