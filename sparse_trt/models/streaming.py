@@ -96,10 +96,12 @@ def _set_tensor(module: nn.Module, name: str, value: torch.Tensor) -> None:
 class StreamedLayers:
     """Reads one decoder layer's tensors from the checkpoint when asked (the walker's ``LayerSource``)."""
 
-    def __init__(self, index: WeightIndex, adapter: Adapter, prefixes: tuple[str, ...]):
+    def __init__(self, index: WeightIndex, adapter: Adapter, prefixes: tuple[str, ...],
+                 rest: dict[str, str] | None = None):
         self.index = index
         self.adapter = adapter
         self.prefixes = prefixes
+        self.rest = dict(rest or {})  # model name -> stored name of every tensor outside the decoder layers
 
     def names(self, i: int, layer: nn.Module) -> dict[str, str]:
         """Layer-relative tensor name -> stored name, for every persistent tensor of layer ``i``."""
@@ -132,6 +134,29 @@ class StreamedLayers:
             if n in self._persistent_params(layer):
                 _set_tensor(layer, n, torch.empty(t.shape, dtype=t.dtype, device=_META))
         _libc().return_freed()
+
+    def capture_done(self, model: nn.Module) -> None:
+        """Put the parameters outside the decoder layers (embeddings, final norm, head) back on ``meta``.
+
+        The walk needs them only to capture the first layer's inputs; the output takes them from the
+        checkpoint again (``read_rest``). Ties are kept: a tensor shared by two modules stays shared.
+        """
+        layer_params = {id(p) for p in self.adapter.layers(model).parameters()}
+        swapped: dict[int, nn.Parameter] = {}
+        for mod in model.modules():
+            for k, p in list(mod._parameters.items()):
+                if p is None or id(p) in layer_params or p.device == _META:
+                    continue
+                if id(p) not in swapped:
+                    swapped[id(p)] = nn.Parameter(torch.empty(p.shape, dtype=p.dtype, device=_META), requires_grad=False)
+                mod._parameters[k] = swapped[id(p)]
+        _libc().return_freed()
+
+    def read_rest(self, model: nn.Module, skip: set[str]) -> dict[str, torch.Tensor]:
+        """The tensors outside the decoder layers (but ``skip``), read from the checkpoint in the model's dtypes."""
+        current = model.state_dict(keep_vars=True)
+        names = {n: s for n, s in self.rest.items() if n not in skip and n in current}
+        return self.index.read(names, {n: current[n].dtype for n in names})
 
     @staticmethod
     def _persistent_params(layer: nn.Module) -> set[str]:
@@ -179,7 +204,7 @@ def load_skeleton(folder: Path, config, adapter: Adapter, dtype: torch.dtype | N
         )
     for p in model.parameters():
         p.requires_grad_(False)
-    return model, StreamedLayers(index, adapter, prefixes)
+    return model, StreamedLayers(index, adapter, prefixes, found)
 
 
 def tied_duplicates(model: nn.Module) -> set[str]:

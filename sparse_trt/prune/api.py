@@ -255,7 +255,7 @@ def _run_prune(req: PruneRequest, progress: ProgressFn | None = None, on_stage=N
     with atomic_output_dir(req.out, overwrite=req.overwrite) as tmp:
         if isinstance(ck, StreamingCheckpointer):
             write_streamed_output(tmp, model, adapter, ck, len(adapter.layers(model)),
-                                  req.shard_bytes or DEFAULT_SHARD_BYTES)
+                                  req.shard_bytes or DEFAULT_SHARD_BYTES, source=loaded.layers)
             save_model_configs(model, tmp)
         else:
             model.save_pretrained(tmp, safe_serialization=True)

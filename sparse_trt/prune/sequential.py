@@ -58,6 +58,9 @@ class LayerSource:
     def release(self, index: int, layer: nn.Module) -> None:
         """Drop ``layer``'s weights (after it was pruned and saved)."""
 
+    def capture_done(self, model: nn.Module) -> None:
+        """The first layer's inputs are captured: what lies outside the decoder layers may be dropped."""
+
 
 def _layer_device(layer: nn.Module) -> torch.device:
     p = next(layer.parameters(), None)
@@ -91,6 +94,7 @@ def prune_model(
             inps, conv = capture_inputs(model, adapter, calib, cfg.device, cfg.chunk_samples, alloc)
     finally:
         move_except_layers(model, adapter, nonlayer_home)
+    source.capture_done(model)
     records: list[LayerRecord] = []
     done = checkpoint.done if checkpoint is not None else 0
     fit = block_fit_settings(cfg.options)

@@ -22,7 +22,7 @@ from sparse_trt.core.errors import ModelLoadError, ResumeError
 from sparse_trt.core.manifest import LayerRecord
 from sparse_trt.models.adapters import Adapter
 from sparse_trt.models.safetensors_io import WeightIndex, read_header, write_sharded, write_tensors
-from sparse_trt.models.streaming import tied_duplicates
+from sparse_trt.models.streaming import StreamedLayers, tied_duplicates
 
 from .resume import DirCheckpointer
 
@@ -83,14 +83,25 @@ class StreamingCheckpointer(DirCheckpointer):
 
 
 def write_streamed_output(folder: Path, model: nn.Module, adapter: Adapter, ck: StreamingCheckpointer,
-                          num_layers: int, shard_bytes: int = DEFAULT_SHARD_BYTES) -> list[Path]:
-    """Write the model's weights into ``folder`` as HF shards from the finished layer files and the resident rest."""
+                          num_layers: int, shard_bytes: int = DEFAULT_SHARD_BYTES,
+                          source: StreamedLayers | None = None) -> list[Path]:
+    """Write the model's weights into ``folder`` as HF shards from the finished layer files and the rest.
+
+    The rest (embeddings, final norm, head: not pruned) comes from ``source``'s checkpoint where the
+    walk released it, else from the model.
+    """
     layers_prefix = adapter.layers_path + "."
     skip = tied_duplicates(model)
-    rest = {
-        adapter.stored_name(n): t for n, t in model.state_dict().items()
-        if not n.startswith(layers_prefix) and n not in skip
-    }
+    read = source.read_rest(model, skip) if source is not None else {}
+    rest = {}
+    for n, t in model.state_dict().items():
+        if n.startswith(layers_prefix) or n in skip:
+            continue
+        t = read.get(n, t)
+        if t.device.type == "meta":
+            raise ModelLoadError(f"'{n}' is neither in memory nor in the source checkpoint",
+                                 fix="re-run without --resume; if it persists, the checkpoint lacks this tensor")
+        rest[adapter.stored_name(n)] = t
     rest_file = ck.root / "rest.safetensors"
     write_tensors(rest, rest_file)
     parts = [rest_file] + [ck.layer_file(i) for i in range(num_layers)]
