@@ -61,12 +61,22 @@ def resolve_patterns(targets: list[Target], pattern: Pattern, layer_patterns: Ma
 
 def run_layer(layer: nn.Module, inps: torch.Tensor, kwargs: dict, device: torch.device, chunk: int,
               alloc: Alloc | None = None) -> torch.Tensor:
-    """Forward all windows through ``layer`` in chunks; the outputs go to ``alloc`` (default: like ``inps``)."""
-    outs = alloc(tuple(inps.shape), inps.dtype) if alloc is not None else torch.empty_like(inps)
+    """Forward all windows through ``layer`` in chunks; the outputs go to ``alloc`` (default: like ``inps``).
+
+    The output buffer is allocated once the first chunk's forward has returned, so it is not resident
+    beside that forward's intermediates (with one chunk for all windows: the peak is lower by one
+    activation buffer).
+    """
+    outs: torch.Tensor | None = None
     for start in range(0, inps.shape[0], chunk):
         x = inps[start : start + chunk].to(device)
         y = first(layer(x, **expand_batch(kwargs, x.shape[0], device)))
+        del x
+        if outs is None:
+            outs = alloc(tuple(inps.shape), inps.dtype) if alloc is not None else torch.empty_like(inps)
         outs[start : start + chunk] = y.to(outs.device)
+        del y
+    assert outs is not None, "run_layer needs at least one window"
     return outs
 
 
