@@ -148,3 +148,84 @@ def test_compare_table_keeps_brackets():
     con.print(compare_table(cmp))
     shown = con.export_text()
     assert "[95% CI]" in shown and "sparse ahead: ratio 1.25 (95% CI 1.20–1.30)" in shown
+
+
+@pytest.fixture(scope="module")
+def quantized_pair(tmp_path_factory, tiny_dirs):
+    """A dense tiny LLaMA and the same model magnitude-2:4-pruned and FP8-quantized (quantize on its folder)."""
+    import tiny
+    import torch
+    from test_export_support import pruned_tiny
+
+    from sparse_trt.data.text import parse_source
+    from sparse_trt.quantize.api import QuantizeOptions, quantize_model
+    from sparse_trt.quantize.formats import parse_format
+
+    root = tmp_path_factory.mktemp("qpair")
+    calib = root / "calib.txt"
+    calib.write_text(tiny.corpus_text(6000, 3))
+    pruned = pruned_tiny("llama", root / "pruned")
+    q = quantize_model(str(pruned), root / "fp8", QuantizeOptions(parse_format("fp8"), None, parse_source(str(calib)),
+                                                                  nsamples=4, seqlen=32), device=torch.device("cpu"))
+    return tiny_dirs("llama"), pruned, q.out, calib
+
+
+def test_compare_refuses_mixed_precision_before_running(tmp_path, quantized_pair):
+    dense, _, fp8, _ = quantized_pair
+    out = tmp_path / "c.json"
+    r = runner.invoke(app, ["bench", "compare", str(dense), str(fp8), "-o", str(out), *SMALL, "--iters", "1"])
+    t = text(r)
+    assert r.exit_code == 2, r.output
+    assert "is float32" in t and "is FP8" in t and "quantization.json" in t and "not like with like" in t
+    assert "--allow-mixed-precision" in t and "--format fp8" in t  # the fix: quantize the dense side the same way
+    assert not out.exists()
+    # the same refusal whatever the backends: it is decided from the files before any backend exists
+    from sparse_trt.bench.precision import MixedPrecisionError, declared_precision
+
+    assert declared_precision("hf", str(fp8), None, {}).key == "FP8"
+    assert declared_precision("hf", str(dense), None, {}).key == "float32"
+    assert declared_precision("hf", str(dense), __import__("torch").float16, {}).key == "float16"
+    assert not declared_precision("hf", "org/some-hub-model", None, {}).known
+    assert issubclass(MixedPrecisionError, __import__("sparse_trt.core.errors", fromlist=["InputError"]).InputError)
+
+
+def test_compare_mixed_precision_on_request_is_recorded_and_reported(tmp_path, quantized_pair):
+    dense, _, fp8, calib = quantized_pair
+    from sparse_trt.data.text import parse_source
+    from sparse_trt.eval.api import run_eval
+
+    src, cpu = parse_source(str(calib)), __import__("torch").device("cpu")
+    plain = run_eval(str(fp8), src, 32, 2, cpu, simulate_quant=False)  # recorded as quality.perplexity
+    out = tmp_path / "c.json"
+    r = runner.invoke(app, ["bench", "compare", str(dense), str(fp8), "-o", str(out), *SMALL, "--iters", "1",
+                            "--allow-mixed-precision"])
+    assert r.exit_code == 0, r.output
+    assert "NOT LIKE WITH LIKE" in text(r) and "mixed precisions compared on request" in text(r)
+    f = ResultsFile.load(out)
+    assert "is FP8" in f.comparisons[0].mixed_precision and "is float32" in f.comparisons[0].mixed_precision
+    quant = f.runs[1].quality["quantization"]
+    assert quant["format"] == "fp8" and quant["quant_algo"] == "FP8" and quant["perplexity_key"] is None
+    # no simulated figure yet: the report falls back to the unquantized perplexity and says so
+    rep = runner.invoke(app, ["report", str(out), "-o", str(tmp_path / "rep"), "--gpu-hour-usd", "2", "--no-plots"])
+    assert rep.exit_code == 0, rep.output
+    md = (tmp_path / "rep" / "report.md").read_text()
+    from sparse_trt.bench.report import human_number
+
+    assert "**Not like with like (compared on request with --allow-mixed-precision)" in md
+    assert "FP8 (quantization.json; hf ran float32 weights)" in md
+    assert (f"{human_number(plain.perplexity, 4)} (unquantized) — no simulated fp8 perplexity recorded "
+            "(perplexity_fp8_simulated): the figure shown is the unquantized model's") in md
+
+    # with eval's simulated figure recorded in the folder, bench records and the report shows that one
+    sim = run_eval(str(fp8), src, 32, 2, cpu)
+    out2 = tmp_path / "c2.json"
+    r = runner.invoke(app, ["bench", "compare", str(dense), str(fp8), "-o", str(out2), *SMALL, "--iters", "1",
+                            "--allow-mixed-precision"])
+    assert r.exit_code == 0, r.output
+    q = ResultsFile.load(out2).runs[1].quality
+    assert q["quantization"]["perplexity_key"] == "perplexity_fp8_simulated"
+    assert q["perplexity_fp8_simulated"]["perplexity"] == pytest.approx(sim.perplexity)
+    rep = runner.invoke(app, ["report", str(out2), "-o", str(tmp_path / "rep2"), "--gpu-hour-usd", "2", "--no-plots"])
+    md = (tmp_path / "rep2" / "report.md").read_text()
+    assert sim.perplexity != plain.perplexity
+    assert f"{human_number(sim.perplexity, 4)} (fp8 simulated)" in md and "no simulated fp8" not in md

@@ -142,3 +142,78 @@ def test_pattern_cell_says_one_shot_or_recovered():
     rec = dataclasses.replace(run, quality={"recovery": {"tokens": 16384, "teacher": "smollm2"}})
     assert pattern_of(rec).startswith("2:4, recovered (") and "from smollm2" in pattern_of(rec)
     assert pattern_of(dataclasses.replace(run, pattern=None)) == "dense"
+
+
+def _engine_report(precision: str) -> dict:
+    return {"checkpoint": {"precision": precision}}
+
+
+def test_report_flags_mixed_precision_pairs_and_uses_simulated_perplexity(tmp_path):
+    """An FP8 sparse engine against a float16 dense one: flagged in bold and in the verdict, even when the flag
+    was not recorded; the FP8 side's quality is its simulated figure, labelled so."""
+    import torch
+
+    d = FakeBackend("dense", ttft=0.02, step=0.01)
+    s = FakeBackend("sparse", ttft=0.004, step=0.002, active=True)
+    rd, rs, cmp = compare_benchmark(d, s, grid([1, 2], [4], [3], [1]), LoadSpec(requests=1, warmup=1), pairs=3)
+    q_sparse = {"perplexity": {"perplexity": 10.1}, "perplexity_fp8_simulated": {"perplexity": 10.4}}
+    rd = dataclasses.replace(rd, build_report=_engine_report("float16"), quality={"perplexity": {"perplexity": 10.0}})
+    rs = dataclasses.replace(rs, pattern="2:4", build_report=_engine_report("FP8"), quality=q_sparse,
+                             sparse_kernels=SparseKernels(True, "fake kernels", 4, 4))
+    p = ResultsFile("compare", capture(torch.device("cpu")), [rd, rs], [cmp]).save(tmp_path / "m.json")
+    res = build_report([p], tmp_path / "rep", gpu_hour_usd=2.0, plots=False)
+    v = res.verdicts[0]
+    assert v.answer.startswith("NOT LIKE WITH LIKE") and v.speed == "faster"
+    assert v.ppl_ratio == pytest.approx(10.4 / 10.0)  # the simulated FP8 figure, not the unquantized 10.1
+    assert any("dense 'dense' runs float16, sparse 'sparse' FP8" in r for r in v.reasons)
+    assert any("sparse fp8 simulated" in r for r in v.reasons)
+    md = res.markdown.read_text()
+    assert "**Not like with like (precisions differ): dense `dense` runs float16, sparse `sparse` FP8" in md
+    assert "| 10.4 (fp8 simulated) |" in md
+
+    # the same pair at one precision: no flag; a quantized side without a simulated figure falls back, with a note
+    rd2 = dataclasses.replace(rd, build_report=_engine_report("FP8"), quality={"perplexity_fp8_simulated": {"perplexity": 10.2}})
+    rs2 = dataclasses.replace(rs, quality={"perplexity": {"perplexity": 10.1}})
+    p2 = ResultsFile("compare", capture(torch.device("cpu")), [rd2, rs2], [cmp]).save(tmp_path / "s.json")
+    res2 = build_report([p2], tmp_path / "rep2", gpu_hour_usd=2.0, plots=False)
+    v2 = res2.verdicts[0]
+    assert not v2.answer.startswith("NOT LIKE") and v2.ppl_ratio == pytest.approx(10.1 / 10.2)
+    assert any("no simulated fp8 perplexity recorded" in r and "unquantized model's" in r for r in v2.reasons)
+    md2 = res2.markdown.read_text()
+    assert "Not like with like" not in md2 and "| 10.1 (unquantized) — no simulated fp8 perplexity recorded" in md2
+
+
+def test_compare_refuses_mixed_engines_before_creating_backends(tmp_path):
+    """Precisions come from the engine folders' files: the refusal comes before any backend (TensorRT-LLM is not
+    even importable here) and writes nothing."""
+    import json
+
+    import torch
+
+    from sparse_trt.bench.backends.base import BackendSpec
+    from sparse_trt.bench.precision import MixedPrecisionError, declared_precision
+    from sparse_trt.bench.session import Side, compare_to_file
+
+    def engine(name, cfg_q, report=None):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "config.json").write_text(json.dumps({"pretrained_config": {"dtype": "float16", "quantization": cfg_q},
+                                                   "build_config": {}}))
+        if report:
+            (d / "build_report.json").write_text(json.dumps({"checkpoint": {"precision": report}}))
+        return d
+
+    dense = engine("dense", {"quant_algo": None})
+    sparse = engine("sparse", {"quant_algo": "FP8"}, report="FP8")
+    assert declared_precision("trtllm", str(dense), None, {}).key == "float16"
+    assert declared_precision("trtllm", str(sparse), None, {}).source.endswith("build_report.json")
+    assert declared_precision("trtllm", str(engine("s2", {"quant_algo": "FP8"})), None, {}).key == "FP8"
+    assert declared_precision("triton", "model", None, {"engine_dir": str(sparse)}).key == "FP8"
+    assert not declared_precision("triton", "model", None, {}).known
+    cpu = torch.device("cpu")
+    out = tmp_path / "c.json"
+    with pytest.raises(MixedPrecisionError, match="dense 'd' is float16 .* but sparse 's' is FP8") as e:
+        compare_to_file(Side("trtllm", BackendSpec(str(dense), cpu), "d"), Side("trtllm", BackendSpec(str(sparse), cpu), "s"),
+                        grid([1], [4], [3], [1]), LoadSpec(requests=1), out, capture(cpu), pairs=1)
+    assert "make 'd' FP8 too" in e.value.fix and "--allow-mixed-precision" in e.value.fix
+    assert e.value.exit_code == 2 and not out.exists()

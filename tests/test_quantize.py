@@ -231,10 +231,17 @@ def test_report_precision_column_reads_the_build_report():
 
     from sparse_trt.bench.report import precision_of
 
-    fp8 = SimpleNamespace(build_report={"checkpoint": {"precision": "FP8"}}, dtype="float16")
+    def run(**kw):
+        return SimpleNamespace(**{"backend": "trtllm", "quality": {}, **kw})
+
+    fp8 = run(build_report={"checkpoint": {"precision": "FP8"}}, dtype="float16")
     assert precision_of(fp8) == "FP8"
-    assert precision_of(SimpleNamespace(build_report=None, dtype="float16")) == "float16"
-    assert precision_of(SimpleNamespace(build_report={"checkpoint": {}}, dtype=None)) == "?"
+    assert precision_of(run(build_report=None, dtype="float16")) == "float16"
+    assert precision_of(run(build_report={"checkpoint": {}}, dtype=None)) == "?"
+    # a quantized folder on the hf backend: its quant_algo, saying the timing ran unquantized weights
+    q = {"quantization": {"format": "int8-sq", "quant_algo": "W8A8_SQ_PER_CHANNEL"}}
+    assert precision_of(run(backend="hf", build_report=None, dtype="bfloat16", quality=q)) == \
+        "W8A8_SQ_PER_CHANNEL (quantization.json; hf ran bfloat16 weights)"
 
 
 def test_quantize_export_table_agrees_with_the_exporter():

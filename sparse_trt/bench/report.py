@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from sparse_trt.core.deps import require
 
 from .conditions import describe as describe_conditions
 from .errors import ResultsError
+from .precision import HF_BACKENDS, SidePerplexity, side_perplexity
 from .results import Comparison, GemmResult, PairedRatio, PointResult, ResultsFile, RunResult
 
 log = logging.getLogger(__name__)
@@ -84,11 +85,46 @@ def pattern_of(r: RunResult) -> str:
     return f"{r.pattern}, one-shot"
 
 
-def precision_of(run: RunResult) -> str:
-    """The engine's precision (FP8, W8A8_SQ_PER_CHANNEL, or its dtype) from build_report.json, else the run's dtype."""
+def precision_key(run: RunResult) -> str:
+    """What the side is, as ``bench compare`` compares it (bench/precision.py): the engine's precision (FP8,
+    W8A8_SQ_PER_CHANNEL, or its dtype) from build_report.json, else the quant_algo of the folder's
+    quantization.json (recorded in its quality), else the run's dtype; "?" when none is known."""
     ck = run.build_report.get("checkpoint") if isinstance(run.build_report, dict) else None
     p = ck.get("precision") if isinstance(ck, dict) else None
-    return str(p) if p else str(run.dtype or "?")
+    if p:
+        return str(p)
+    quant = run.quality.get("quantization") if isinstance(run.quality, dict) else None
+    if isinstance(quant, dict) and quant.get("quant_algo"):
+        return str(quant["quant_algo"])
+    return str(run.dtype or "?")
+
+
+def precision_of(run: RunResult) -> str:
+    """The precision for people: :func:`precision_key`, saying when the backend ran a quantized folder's
+    weights unquantized (hf, torch-2of4: the quality is simulated, the timing is not)."""
+    key = precision_key(run)
+    quant = run.quality.get("quantization") if isinstance(run.quality, dict) else None
+    if isinstance(quant, dict) and run.build_report is None and run.backend in HF_BACKENDS:
+        return f"{key} (quantization.json; {run.backend} ran {run.dtype or 'unquantized'} weights)"
+    return key
+
+
+def run_perplexity(run: RunResult) -> SidePerplexity:
+    """The perplexity that stands for the run: a quantized side's simulated figure for its format (the eval
+    key ``quality.perplexity_<format>_simulated``), falling back to the unquantized one with a note."""
+    return side_perplexity(run.quality if isinstance(run.quality, dict) else {}, precision_key(run), perplexity_of)
+
+
+def mixed_precision_line(cmp: Comparison, dense: RunResult | None, sparse: RunResult | None) -> str | None:
+    """The bold "not like with like" line of a pair whose sides differ in precision, or None."""
+    if dense is None or sparse is None or precision_key(dense) == precision_key(sparse):
+        if cmp.mixed_precision:
+            return f"Not like with like (compared on request with --allow-mixed-precision): {cmp.mixed_precision}."
+        return None
+    how = "compared on request with --allow-mixed-precision" if cmp.mixed_precision else "precisions differ"
+    return (f"Not like with like ({how}): dense `{dense.label}` runs {precision_of(dense)}, sparse `{sparse.label}` "
+            f"{precision_of(sparse)}; the ratios mix the effect of precision with that of sparsity. Compare equal "
+            "precisions (FP8 sparse vs FP8 dense is the headline pair).")
 
 
 def kernels_state(run: RunResult) -> str:
@@ -182,9 +218,12 @@ def _speed_state(cmp: Comparison) -> str:
 def verdict(cmp: Comparison, dense: RunResult | None, sparse: RunResult | None, max_ppl_increase: float) -> Verdict:
     reasons: list[str] = []
     kern = kernels_state(sparse) if sparse else "unverified"
+    mixed = mixed_precision_line(cmp, dense, sparse)
+    if mixed:
+        reasons.append(mixed.replace("`", "'"))
     if sparse is not None and kern == "did not run":
         reasons.append(f"sparse side '{sparse.label}' ran NO sparse kernels ({sparse.sparse_kernels.kind})")
-        cmp = Comparison(cmp.dense_label, cmp.sparse_label, cmp.points, "noise")
+        cmp = replace(cmp, kind="noise")
     elif kern == "unverified":
         reasons.append("whether sparse kernels ran is not verified" +
                        (f" ({sparse.sparse_kernels.kind})" if sparse else ""))
@@ -197,8 +236,17 @@ def verdict(cmp: Comparison, dense: RunResult | None, sparse: RunResult | None, 
                 change = 1.0 / s.estimate - 1.0
                 best = change if best is None else min(best, change)
     q_sparse = sparse.quality if sparse else {}
-    ppl_s = perplexity_of(q_sparse)
-    ppl_d = (perplexity_of(dense.quality) if dense else None) or perplexity_of(q_sparse, "dense_perplexity")
+    side_s = run_perplexity(sparse) if sparse else SidePerplexity(None, "")
+    side_d = run_perplexity(dense) if dense else SidePerplexity(None, "")
+    ppl_s = side_s.value
+    ppl_d = side_d.value
+    if ppl_d is None and side_s.label in ("", "unquantized"):  # the dense figure recorded beside the sparse one
+        ppl_d = perplexity_of(q_sparse, "dense_perplexity")
+    reasons += [f"{side} '{r.label}': {s.note}" for side, r, s in (("dense", dense, side_d), ("sparse", sparse, side_s))
+                if r is not None and s.note]
+    if side_s.label.endswith("simulated") or side_d.label.endswith("simulated"):
+        reasons.append("perplexity: " + "; ".join(f"{side} {s.label or 'unquantized'}" for side, s in
+                                                  (("dense", side_d), ("sparse", side_s))))
     ppl_ratio = ppl_s / ppl_d if ppl_s and ppl_d else None
     if ppl_ratio is None:
         quality = "not measured"
@@ -211,6 +259,10 @@ def verdict(cmp: Comparison, dense: RunResult | None, sparse: RunResult | None, 
     if kern == "did not run":
         answer = ("NO: the sparse side ran no sparse kernels, so it cannot cut cost; its timing differences from "
                   "dense are noise by construction.")
+    elif mixed and speed in ("faster", "slower"):
+        answer = (f"NOT LIKE WITH LIKE: {speed}, but the two sides compute in different precisions "
+                  f"({precision_of(dense) if dense else '?'} dense, {precision_of(sparse) if sparse else '?'} sparse), "
+                  "so the difference is not sparsity's.")
     elif speed == "faster" and quality == "kept" and kern == "ran":
         answer = f"YES: measured {-(best or 0) * 100:.0f}% lower cost per output token at the best point, perplexity x{ppl_ratio:.3f}."
     elif speed == "faster" and quality == "not measured":
@@ -256,7 +308,7 @@ def _collect(files: list[ResultsFile]) -> _Collected:
         by = {r.label: r for r in runs}
         for c in f.comparisons:
             dl, sl = rename.get(c.dense_label, c.dense_label), rename.get(c.sparse_label, c.sparse_label)
-            comps.append((Comparison(dl, sl, c.points, _kind(c, by.get(sl))), by.get(dl), by.get(sl)))
+            comps.append((replace(c, dense_label=dl, sparse_label=sl, kind=_kind(c, by.get(sl))), by.get(dl), by.get(sl)))
         if f.gemm is not None:
             gemm.append(f.gemm)
     return _Collected(runs, comps, gemm, files)
@@ -362,11 +414,15 @@ def render_markdown(c: _Collected, usd: float, verdicts: list[Verdict], plots: l
         best = max(r.points, key=lambda p: p.output_token_throughput if math.isfinite(p.output_token_throughput) else -1,
                    default=None)
         tps = best.output_token_throughput if best else None
-        ppl = perplexity_of(r.quality)
-        if ppl is None and not r.pattern:
+        side = run_perplexity(r)
+        ppl = side.value
+        if ppl is None and not r.pattern and not side.label:
             for _cmp, d, s in c.comparisons:
-                if d is r and s is not None:
+                if d is r and s is not None and not run_perplexity(s).label:
                     ppl = perplexity_of(s.quality, "dense_perplexity")
+        ppl_cell = _fmt(ppl, digits=4) + (f" ({side.label})" if side.label and ppl is not None else "")
+        if side.note:
+            ppl_cell += " — " + side.note
         k = r.sparse_kernels
         sparse_claim = bool(r.pattern) or any(r.label == cmp.sparse_label for cmp, _, _ in c.comparisons)
         ks = {True: f"yes ({k.sparse_layers}/{k.eligible_layers} layers)", False: "**NO**", None: "**unverified**"}[k.active]
@@ -376,7 +432,7 @@ def render_markdown(c: _Collected, usd: float, verdicts: list[Verdict], plots: l
         cost = _fmt(cost_per_million(usd, tps) if tps else None, digits=4)
         if _noise_run(r, c) and cost != "–":
             cost += " (dense kernels, as the baseline: any difference is noise)"
-        L.append(f"| {r.label} | {r.backend} | {pattern_of(r)} | {precision_of(r)} | {ks} | {_fmt(ppl, digits=4)} | {_fmt(tps)} | "
+        L.append(f"| {r.label} | {r.backend} | {pattern_of(r)} | {precision_of(r)} | {ks} | {ppl_cell} | {_fmt(tps)} | "
                  f"{_gib(wb)} | {cost} |")
     L.append("")
 
@@ -388,9 +444,9 @@ def render_markdown(c: _Collected, usd: float, verdicts: list[Verdict], plots: l
               "An interval that contains 1.0 is reported as no measurable difference.", ""]
         for cmp, _d, _s in c.comparisons:
             L += [f"### `{cmp.sparse_label}` vs `{cmp.dense_label}`", ""]
-            if _d is not None and _s is not None and precision_of(_d) != precision_of(_s):
-                L += [f"**Not like with like: dense runs {precision_of(_d)}, sparse {precision_of(_s)}; compare equal "
-                      "precisions (FP8 sparse vs FP8 dense is the headline pair).**", ""]
+            mixed = mixed_precision_line(cmp, _d, _s)
+            if mixed:
+                L += [f"**{mixed}**", ""]
             if cmp.kind == "noise":
                 L += [f"**{NOISE_HEADING}.**", ""]
             elif cmp.kind == "unverified":

@@ -225,6 +225,9 @@ class Comparison:
     #: "sparse": the sparse side ran sparse kernels; "noise": it ran none (every ratio is noise by
     #: construction); "unverified": nobody knows
     kind: str = "unverified"
+    #: set when the two sides' precisions differ and were compared on request (--allow-mixed-precision):
+    #: what differed, e.g. "dense 'dense' is float16 (...) but sparse 'sparse' is FP8 (...)"
+    mixed_precision: str | None = None
 
 
 @dataclass(frozen=True)

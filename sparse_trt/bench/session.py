@@ -5,7 +5,7 @@ Nothing here prints: callers get typed outcomes (and a progress callback) and re
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -112,19 +112,30 @@ def run_to_file(side: Side, points: list[Workload], load: LoadSpec, out_path: Pa
 
 def compare_to_file(dense: Side, sparse: Side, points: list[Workload], load: LoadSpec, out_path: Path,
                     env: Environment, *, pairs: int, seed: int = 0, allow_different_models: bool = False,
-                    client_memory: bool = False, progress: Progress | None = None) -> CompareOutcome:
+                    client_memory: bool = False, progress: Progress | None = None,
+                    allow_mixed_precision: bool = False) -> CompareOutcome:
+    from .precision import check_same_precision, declared_precision
+
     if dense.label == sparse.label:
         raise InputError("the dense and sparse labels must differ", fix="pass --dense-label / --sparse-label")
+    # precisions from the files, before any backend is created: a mixed pair is refused (bench/precision.py)
+    dp, sp = (declared_precision(side.backend, side.spec.model, side.spec.dtype, side.spec.options)
+              for side in (dense, sparse))
+    mixed = check_same_precision(dp, sp, (dense.label, sparse.label), allow_mixed_precision)
     db = _open(dense, points)
     try:
         sb = _open(sparse, points)
         try:
             notes = check_same_model(db, sb, (dense.label, sparse.label), allow_different_models)
+            if mixed is not None:
+                notes.append(f"mixed precisions compared on request (--allow-mixed-precision): {mixed}")
+            elif not (dp.known and sp.known):
+                notes.append(f"could not check that both sides compute in the same precision ({dp.source if not dp.known else sp.source})")
             _load(db)
             _load(sb)
 
             def write(rd: RunResult, rs: RunResult, cmp: Comparison) -> None:
-                ResultsFile("compare", env, runs=[rd, rs], comparisons=[cmp]).save(out_path)
+                ResultsFile("compare", env, runs=[rd, rs], comparisons=[replace(cmp, mixed_precision=mixed)]).save(out_path)
 
             rd, rs, cmp = compare_benchmark(db, sb, points, load, pairs=pairs, labels=(dense.label, sparse.label),
                                             seed=seed, client_memory=client_memory, on_update=write, progress=progress)
@@ -132,7 +143,7 @@ def compare_to_file(dense: Side, sparse: Side, points: list[Workload], load: Loa
             sb.close()
     finally:
         db.close()
-    return CompareOutcome(out_path, rd, rs, cmp, notes)
+    return CompareOutcome(out_path, rd, rs, replace(cmp, mixed_precision=mixed), notes)
 
 
 # ---------------------------------------------------------------------------------------------- demo

@@ -201,13 +201,23 @@ def compare_cmd(
         False, "--allow-different-models",
         help="Compare two models whose architecture or shapes differ (refused otherwise: the sparse model should be "
              "the dense one pruned)."),
+    allow_mixed_precision: bool = typer.Option(
+        False, "--allow-mixed-precision",
+        help="Compare two sides of different precisions (e.g. an FP8 sparse engine vs a float16 dense one; refused "
+             "otherwise, before anything runs). Recorded in the results JSON and flagged in the report as not like "
+             "with like."),
     seed: int = typer.Option(0, "--seed", help=H_SEED),
     client_memory: bool = typer.Option(False, "--client-memory", help=H_CLIENT_MEM),
     overwrite: bool = typer.Option(False, "--overwrite", help=H_OVERWRITE),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help=H_TRC),
     verbose: bool = typer.Option(False, "--verbose", "-v", help=H_VERBOSE),
 ) -> None:
-    """Dense vs sparse in one process, in alternating pairs of windows on identical prompts; ratios with 95% CIs."""
+    """Dense vs sparse in one process, in alternating pairs of windows on identical prompts; ratios with 95% CIs.
+
+    Both sides must compute in the same precision (FP8 sparse vs FP8 dense is the headline pair): the precision of
+    each side is read from its engine's build_report.json / config.json, its folder's quantization.json, or its
+    dtype before anything runs, and a mixed pair is refused unless --allow-mixed-precision.
+    """
     setup_logging(verbose)
     from sparse_trt.bench.backends.base import BackendSpec
     from sparse_trt.bench.environment import capture
@@ -230,12 +240,15 @@ def compare_cmd(
         res = compare_to_file(Side(dense_backend or backend, d_spec, dense_label),
                               Side(sparse_backend or backend, s_spec, sparse_label), points, load, out_path, env,
                               pairs=iters, seed=seed, allow_different_models=allow_different_models,
-                              client_memory=client_memory, progress=_progress(prog, task))
+                              client_memory=client_memory, progress=_progress(prog, task),
+                              allow_mixed_precision=allow_mixed_precision)
     for n in res.notes:
         console.print(f"note: {n}", markup=False, highlight=False)
     out.print(run_table(res.dense))
     out.print(run_table(res.sparse))
     out.print(compare_table(res.comparison))
+    if res.comparison.mixed_precision:
+        console.print(Text.assemble(("NOT LIKE WITH LIKE", "bold red"), f": {res.comparison.mixed_precision}"))
     _kernel_warning(res.sparse, sparse_side=True)
     console.print(f"wrote {out_path}", markup=False, highlight=False)
 

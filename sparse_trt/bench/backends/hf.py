@@ -150,10 +150,11 @@ class HFBackend(Backend):
             return None
 
     def quality(self) -> tuple[str | None, dict[str, Any]]:
+        from ..precision import with_quantization  # a quantized folder: its quality is the simulated figure
+
         m = self._manifest()
-        if m is None:
-            return None, {}
-        return m.pattern, dict(m.quality)
+        q = with_quantization(Path(self.spec.model).expanduser(), dict(m.quality) if m is not None else {})
+        return (m.pattern if m is not None else None), q
 
     def sparse_kernels(self) -> SparseKernels:
         m = self._manifest()
