@@ -17,7 +17,8 @@
 #
 # Knobs (environment): MODEL (HF folder or `smollm2`), ISL (64), OSL (32), CONC (2), REQS (16), WARM (2),
 # PROTOCOL (http: sparse-trt uses the same HTTP generate_stream endpoint as AIPerf; grpc: gRPC streaming),
-# RUNS (2), AIPERF_VENV (~/.cache/sparse_trt/aiperf-venv), AIPERF_VERSION (0.13.0), TIMEOUT_S (900 per client run),
+# PIN (0; 1: the server and its model on CPU 0 with one torch thread, both clients on CPU 1, via taskset, so
+# neither client's own CPU use takes time from the server), RUNS (2), AIPERF_VENV (~/.cache/sparse_trt/aiperf-venv), AIPERF_VERSION (0.13.0), TIMEOUT_S (900 per client run),
 # RESULTS (benchmarks/RESULTS.md; set RESULTS= to skip writing it).
 set -euo pipefail
 
@@ -27,6 +28,12 @@ OUT="$(mkdir -p "$OUT_ARG" && cd "$OUT_ARG" && pwd)"
 MODEL="${MODEL:-smollm2}"
 ISL="${ISL:-64}"; OSL="${OSL:-32}"; CONC="${CONC:-2}"; REQS="${REQS:-16}"; WARM="${WARM:-2}"; RUNS="${RUNS:-2}"
 PROTOCOL="${PROTOCOL:-http}"
+PIN="${PIN:-0}"
+SERVER_CPU=(); CLIENT_CPU=(); THREADS=(); PLACEMENT="no CPU pinning"
+if [ "$PIN" = 1 ]; then
+  SERVER_CPU=(taskset -c 0); CLIENT_CPU=(taskset -c 1); THREADS=(--threads 1)
+  PLACEMENT="server (and its model, one torch thread) pinned to CPU 0, each client to CPU 1 (taskset)"
+fi
 AIPERF_VENV="${AIPERF_VENV:-$HOME/.cache/sparse_trt/aiperf-venv}"
 AIPERF_VERSION="${AIPERF_VERSION:-0.13.0}"
 TIMEOUT_S="${TIMEOUT_S:-900}"
@@ -62,7 +69,7 @@ EOF
   fi
 fi
 REPO="$OUT/repo"
-sparse-trt triton repo "$HF" --backend pytorch --device cpu -o "$REPO" --overwrite >/dev/null
+sparse-trt triton repo "$HF" --backend pytorch --device cpu "${THREADS[@]}" -o "$REPO" --overwrite >/dev/null
 
 read -r HTTP GRPC METRICS < <("$PY" - <<'EOF'
 import socket
@@ -74,7 +81,7 @@ EOF
 )
 SERVER_LOG="$OUT/server.log"
 log "starting tritonserver on 127.0.0.1 (http $HTTP, grpc $GRPC, metrics $METRICS)"
-sparse-trt triton serve "$REPO" --host 127.0.0.1 --http-port "$HTTP" --grpc-port "$GRPC" --metrics-port "$METRICS" \
+"${SERVER_CPU[@]}" sparse-trt triton serve "$REPO" --host 127.0.0.1 --http-port "$HTTP" --grpc-port "$GRPC" --metrics-port "$METRICS" \
   --log-file "$SERVER_LOG" > "$OUT/serve.out" 2>&1 &
 SERVER_PID=$!
 cleanup() { kill -TERM "$SERVER_PID" 2>/dev/null || true; wait "$SERVER_PID" 2>/dev/null || true; }
@@ -99,7 +106,7 @@ run_aiperf() {  # $1: run number
   local dir="$OUT/aiperf-$1"
   rm -rf "$dir"
   log "aiperf run $1"
-  HF_HUB_OFFLINE=1 HF_HUB_CACHE="$CACHE" HF_HOME="$OUT/hf_home" timeout "$TIMEOUT_S" nice -n 5 \
+  HF_HUB_OFFLINE=1 HF_HUB_CACHE="$CACHE" HF_HOME="$OUT/hf_home" timeout "$TIMEOUT_S" nice -n 5 "${CLIENT_CPU[@]}" \
     "$AIPERF_VENV/bin/aiperf" profile --model ensemble --url "http://127.0.0.1:$HTTP" \
     --endpoint-type template --custom-endpoint /v2/models/ensemble/generate_stream \
     --extra-inputs "payload_template:$OUT/payload.jinja" --extra-inputs response_field:text_output --streaming \
@@ -111,7 +118,7 @@ run_aiperf() {  # $1: run number
 }
 run_ours() {
   log "sparse-trt run $1"
-  timeout "$TIMEOUT_S" nice -n 5 sparse-trt bench run ensemble --backend triton --device cpu \
+  timeout "$TIMEOUT_S" nice -n 5 "${CLIENT_CPU[@]}" sparse-trt bench run ensemble --backend triton --device cpu \
     --opt "url=127.0.0.1:$GRPC" --opt "http_url=127.0.0.1:$HTTP" --opt "protocol=$PROTOCOL" \
     --opt interface=text --opt "tokenizer=$HF" \
     --input-lens "$ISL" --output-lens "$OSL" --concurrency "$CONC" --requests "$REQS" --warmup "$WARM" \
@@ -126,10 +133,10 @@ done
 UPTIME_END="$(uptime)"
 
 # 4. side by side -----------------------------------------------------------------------------------
-"$PY" - "$OUT" "$RUNS" "$AIPERF_VER" "$UPTIME_START" "$UPTIME_END" "$ISL" "$OSL" "$CONC" "$REQS" "$WARM" "$MODEL_NAME" "$PROTOCOL" "${RESULTS:-}" <<'EOF'
+"$PY" - "$OUT" "$RUNS" "$AIPERF_VER" "$UPTIME_START" "$UPTIME_END" "$ISL" "$OSL" "$CONC" "$REQS" "$WARM" "$MODEL_NAME" "$PROTOCOL" "$PLACEMENT" "${RESULTS:-}" <<'EOF'
 import json, os, platform, sys, datetime
 from pathlib import Path
-out, runs, aiver, up0, up1, isl, osl, conc, reqs, warm, hf, proto, results = sys.argv[1:]
+out, runs, aiver, up0, up1, isl, osl, conc, reqs, warm, hf, proto, placement, results = sys.argv[1:]
 out, runs = Path(out), int(runs)
 
 def aiperf(run):
@@ -174,7 +181,7 @@ md = "\n".join([
     "## AIPerf cross-check (`benchmarks/aiperf_check.sh`)",
     "",
     f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {cpu} x{os.cpu_count()}, AIPerf {aiver}, "
-    f"one local tritonserver (PyTorch backend, CPU) serving `{hf}`; both clients at `nice -n 5`.",
+    f"one local tritonserver (PyTorch backend, CPU) serving `{hf}`; both clients at `nice -n 5`; {placement}.",
     f"Workload: {isl} prompt tokens, exactly {osl} output tokens (ignore_eos), concurrency {conc} closed loop, "
     f"{reqs} measured requests after {warm} warm-up; runs alternate which client goes first.",
     f"Load: start `{up0.strip()}`; end `{up1.strip()}`.",
