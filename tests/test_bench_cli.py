@@ -186,6 +186,11 @@ def test_compare_refuses_mixed_precision_before_running(tmp_path, quantized_pair
     assert declared_precision("hf", str(dense), None, {}).key == "float32"
     assert declared_precision("hf", str(dense), __import__("torch").float16, {}).key == "float16"
     assert not declared_precision("hf", "org/some-hub-model", None, {}).known
+    # engines find their quality in the checkpoint / source folders: a quantized one says so too
+    from sparse_trt.bench.backends.engine_info import manifest_quality
+
+    pattern, quality = manifest_quality(fp8)
+    assert pattern == "2:4" and quality["quantization"]["format"] == "fp8" and quality["quantization"]["excluded"] == []
     assert issubclass(MixedPrecisionError, __import__("sparse_trt.core.errors", fromlist=["InputError"]).InputError)
 
 

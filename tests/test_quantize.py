@@ -242,6 +242,9 @@ def test_report_precision_column_reads_the_build_report():
     q = {"quantization": {"format": "int8-sq", "quant_algo": "W8A8_SQ_PER_CHANNEL"}}
     assert precision_of(run(backend="hf", build_report=None, dtype="bfloat16", quality=q)) == \
         "W8A8_SQ_PER_CHANNEL (quantization.json; hf ran bfloat16 weights)"
+    q = {"quantization": {"format": "fp8", "quant_algo": "FP8", "excluded": ["model.layers.0.mlp.down_proj"] * 2}}
+    assert precision_of(run(build_report={"checkpoint": {"precision": "FP8"}}, dtype="float16", quality=q)) == \
+        "FP8, 2 linears kept unquantized (--exclude)"
 
 
 def test_quantize_export_table_agrees_with_the_exporter():

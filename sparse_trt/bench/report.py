@@ -104,7 +104,12 @@ def precision_of(run: RunResult) -> str:
     weights unquantized (hf, torch-2of4: the quality is simulated, the timing is not)."""
     key = precision_key(run)
     quant = run.quality.get("quantization") if isinstance(run.quality, dict) else None
-    if isinstance(quant, dict) and run.build_report is None and run.backend in HF_BACKENDS:
+    if not isinstance(quant, dict):
+        return key
+    kept = quant.get("excluded") or []
+    if kept:  # quantize --exclude: these GEMMs run in 16-bit
+        key += f", {len(kept)} linears kept unquantized (--exclude)"
+    if run.build_report is None and run.backend in HF_BACKENDS:
         return f"{key} (quantization.json; {run.backend} ran {run.dtype or 'unquantized'} weights)"
     return key
 

@@ -13,6 +13,7 @@ from sparse_trt.core.errors import ManifestError
 from sparse_trt.core.manifest import MANIFEST_NAME, Manifest
 from sparse_trt.engine.report import REPORT_NAME, BuildReport, BuildReportError, read_report
 
+from ..precision import with_quantization
 from ..results import SparseKernels
 from ..workload import Limits
 
@@ -173,7 +174,7 @@ def manifest_quality(*candidates: Path) -> tuple[str | None, dict[str, Any]]:
             quality = dict(m.quality)
             if m.recovery is not None:  # recovered by distillation: say so beside one-shot runs
                 quality["recovery"] = {"tokens": m.recovery.tokens, "teacher": m.recovery.teacher}
-            return m.pattern, quality
+            return m.pattern, with_quantization(Path(c), quality)  # quantized: its quality is the simulated figure
     return None, {}
 
 
