@@ -93,7 +93,9 @@ def eval_cmd(
     out.print(t)
     if res.model.endswith(" simulated]"):
         console.print("quantized folder: weights, activations (and a quantized KV cache) were quantize-dequantized with its "
-                      "quantization.json scales (--no-simulate-quant evaluates the unquantized weights)", markup=False)
+                      "quantization.json scales, except lm_head and the linears in its exclude_modules (quantize --exclude), "
+                      "which run unquantized as in the engine (--no-simulate-quant evaluates the unquantized weights)",
+                      markup=False)
     if reference is not None:
         if same_windows(res, reference):
             console.print(f"perplexity x{res.perplexity / reference.perplexity:.2f} of the dense reference on the same windows")
