@@ -20,8 +20,12 @@ import time
 from pathlib import Path
 
 
-def parse_variant(v: str) -> tuple[str, str | None, float]:
-    """'fp8' | 'fp8+kv' | 'int8-sq@0.5' -> (format, kv format, alpha)."""
+def parse_variant(v: str) -> tuple[str, str | None, float, tuple[str, ...]]:
+    """'fp8' | 'fp8+kv' | 'int8-sq@0.5' | 'fp8-x*mlp.down_proj;model.layers.0.*' -> (format, kv format, alpha, excludes)."""
+    excludes: tuple[str, ...] = ()
+    if "-x" in v:
+        v, ex = v.split("-x", 1)
+        excludes = tuple(e for e in ex.split(";") if e)
     alpha = 1.0
     if "@" in v:
         v, a = v.split("@")
@@ -30,14 +34,15 @@ def parse_variant(v: str) -> tuple[str, str | None, float]:
     if v.endswith("+kv"):
         v = v[: -len("+kv")]
         kv = {"fp8": "fp8", "int8-sq": "int8"}[v]
-    return v, kv, alpha
+    return v, kv, alpha, excludes
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dense", default="smollm2", help="dense model (folder, .gguf or 'smollm2'); 'none' skips it")
     ap.add_argument("--sparse", default=None, help="pruned folder (sparse-trt prune output); left out: dense rows only")
-    ap.add_argument("--variants", default="fp8,int8-sq", help="comma list: fp8, int8-sq, fp8+kv, int8-sq+kv, int8-sq@ALPHA")
+    ap.add_argument("--variants", default="fp8,int8-sq", help="comma list: fp8, int8-sq, fp8+kv, int8-sq+kv, int8-sq@ALPHA, "
+                    "FORMAT-xGLOB[;GLOB] (quantize --exclude), e.g. fp8-x*mlp.down_proj")
     ap.add_argument("--nsamples", type=int, default=32)
     ap.add_argument("--seqlen", type=int, default=512)
     ap.add_argument("--eval-windows", type=int, default=32)
@@ -67,10 +72,12 @@ def main() -> None:
                          "eval_s": round(time.perf_counter() - t0, 1)})
             print(json.dumps(rows[-1]), flush=True)
         for v in [x for x in args.variants.split(",") if x]:
-            fmt, kv, alpha = parse_variant(v)
+            fmt, kv, alpha, excludes = parse_variant(v)
             f = parse_format(fmt)
-            opts = QuantizeOptions(f, parse_kv_format(kv, f), wiki, nsamples=args.nsamples, seqlen=args.seqlen, seed=0, alpha=alpha)
-            qdir = args.out / f"{kind.split()[0]}-{v.replace('@', '-a')}"
+            opts = QuantizeOptions(f, parse_kv_format(kv, f), wiki, nsamples=args.nsamples, seqlen=args.seqlen, seed=0,
+                                   alpha=alpha, exclude=excludes)
+            slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in v.replace("@", "-a"))
+            qdir = args.out / f"{kind.split()[0]}-{slug}"
             t0 = time.perf_counter()
             q = quantize_model(src, qdir, opts, device=cpu, overwrite=True)
             tq = time.perf_counter() - t0
