@@ -342,17 +342,39 @@ def synth_cmd(
     dtype: str = typer.Option("float16", "--dtype", help="float32, float16 or bfloat16."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random weights."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing OUT/dense and OUT/sparse-2of4."),
+    streamed: bool = typer.Option(
+        False, "--streamed",
+        help="Write only the dense checkpoint, into OUT itself, one decoder layer at a time (HF shards + index), never "
+             "holding the model: for pruning tests of models larger than memory (presets llama-0.5b, llama-1.5b, llama-3b).",
+    ),
+    tokenizer: str = typer.Option(
+        "smollm2", "--tokenizer",
+        help="With --streamed: tokenizer folder copied into OUT so it can be calibrated and evaluated "
+             "('smollm2': the built-in one, whose 49152 ids fit the llama-*b presets; 'none': no tokenizer).",
+    ),
     verbose: bool = typer.Option(False, "--verbose", "-v", help=H_VERBOSE),
 ) -> None:
-    """Build a random-weight model from a config, save it dense and 2:4 (magnitude mask + sparsity.json)."""
+    """Build a random-weight model from a config, save it dense and 2:4 (magnitude mask + sparsity.json).
+
+    With --streamed: only the dense checkpoint, written layer by layer.
+    """
     setup_logging(verbose)
-    from sparse_trt.bench.synth import synth_pair
+    from sparse_trt.bench.synth import synth_pair, write_streamed_checkpoint
 
     from .options import resolve_dtype
 
     dt = resolve_dtype(dtype)
     if dt is None:
         raise InputError("--dtype auto has no meaning for a model built from a config", fix="use float16, bfloat16 or float32")
+    if streamed:
+        from sparse_trt.models.loading import builtin_dir
+
+        tok = None if tokenizer == "none" else (builtin_dir("smollm2") if tokenizer == "smollm2" else Path(tokenizer))
+        params = write_streamed_checkpoint(config, out_dir, dtype=dt, seed=seed, num_layers=layers,
+                                           tokenizer_dir=tok, overwrite=overwrite)
+        console.print(f"wrote {params / 1e9:.2f}B parameters layer by layer to {out_dir}"
+                      + ("" if tok is not None else " (no tokenizer)"), markup=False, highlight=False)
+        return
     pair = synth_pair(config, out_dir, dtype=dt, seed=seed, num_layers=layers, overwrite=overwrite)
     console.print(f"built {pair.params / 1e9:.2f}B parameters, {pair.layers} layers: {pair.dense_dir} and {pair.sparse_dir}",
                   markup=False, highlight=False)
