@@ -38,6 +38,17 @@ def test_masks_deterministic_on_ties():
     assert r[0].tolist() == [False] * 3 + [True] * 7
 
 
+def test_masks_in_row_blocks_equal_whole(monkeypatch):
+    import sparse_trt.prune.masks as masks
+
+    g = torch.Generator().manual_seed(5)
+    scores = torch.randint(0, 4, (37, 24), generator=g).float()  # many ties
+    whole = (masks.nm_keep_mask(scores, 2, 4), masks.row_keep_mask(scores, 0.5))
+    monkeypatch.setattr(masks, "_BLOCK_ELEMENTS", 50)  # two rows per block
+    blocked = (masks.nm_keep_mask(scores, 2, 4), masks.row_keep_mask(scores, 0.5))
+    assert all(torch.equal(a, b) for a, b in zip(whole, blocked, strict=True))
+
+
 def test_row_mask_per_row_count():
     s = torch.randn(5, 33)
     keep = row_keep_mask(s, 0.5)

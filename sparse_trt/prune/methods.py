@@ -101,10 +101,12 @@ def _sparsegpt(w: torch.Tensor, stats: InputStats, pattern: Pattern, opts: Spars
     )
 
 
+# Row-independent without an update to batch: pruning linears that share an input one by one gives the same
+# masks as pruning them as one matrix, without the concatenated copy (less peak memory on wide layers).
 register(MethodSpec(name="magnitude", summary="keep the largest |W| per row / per M-group", needs_norms=False,
-                    needs_hessian=False, fuse_shared_input=True, options_cls=NoOptions, fn=_magnitude))
+                    needs_hessian=False, fuse_shared_input=False, options_cls=NoOptions, fn=_magnitude))
 register(MethodSpec(name="wanda", summary="|W|*||X_j|| per row / per M-group, no update (Sun et al. 2023)",
-                    needs_norms=True, needs_hessian=False, fuse_shared_input=True, options_cls=NoOptions, fn=_wanda))
+                    needs_norms=True, needs_hessian=False, fuse_shared_input=False, options_cls=NoOptions, fn=_wanda))
 register(
     MethodSpec(
         name="sparsegpt",
