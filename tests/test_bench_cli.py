@@ -259,3 +259,10 @@ def test_synth_streamed_writes_a_loadable_sharded_checkpoint(tmp_path):
     r = runner.invoke(app, ["bench", "synth", str(tmp_path / "bad"), "--config", str(cfg), "--dtype", "float32",
                             "--streamed"])
     assert r.exit_code == 2 and "vocab_size" in r.output and not (tmp_path / "bad").exists()
+    # a vocabulary the built-in tokenizer fits: it is copied, so the checkpoint can be calibrated
+    wide = json.loads(cfg.read_text()) | {"vocab_size": 49152}
+    cfg.write_text(json.dumps(wide))
+    r = runner.invoke(app, ["bench", "synth", str(tmp_path / "tok"), "--config", str(cfg), "--dtype", "float32",
+                            "--streamed", "--layers", "1"])
+    assert r.exit_code == 0, r.output
+    assert load_model(str(tmp_path / "tok"), streaming=True).tokenizer is not None

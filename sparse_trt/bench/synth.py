@@ -155,31 +155,19 @@ def write_streamed_checkpoint(config: str | Path | dict[str, Any], out: Path, *,
     d.pop("architectures", None)
     if num_layers is not None:
         d["num_hidden_layers"] = int(num_layers)
-    tok = None
-    if tokenizer_dir is not None:
-        from transformers import AutoTokenizer
-
-        tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
-        vocab = int(d.get("vocab_size", 0))
-        if len(tok) > vocab:
-            raise InputError(
-                f"the tokenizer in '{tokenizer_dir}' has {len(tok)} ids, more than the config's vocab_size {vocab}",
-                fix="use a preset whose vocabulary fits it (llama-0.5b, llama-1.5b, llama-3b), another tokenizer, or none",
-            )
-    tok = None
-    if tokenizer_dir is not None:
-        from transformers import AutoTokenizer
-
-        tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
-        vocab = int(d.get("vocab_size", 0))
-        if len(tok) > vocab:
-            raise InputError(
-                f"the tokenizer in '{tokenizer_dir}' has {len(tok)} ids, more than the config's vocab_size {vocab}",
-                fix="use a preset whose vocabulary fits it (llama-0.5b, llama-1.5b, llama-3b), another tokenizer, or none",
-            )
     model_type = d.pop("model_type")
     adapter = adapter_for(model_type)
     cfg = AutoConfig.for_model(model_type, **d)
+    tok = None
+    if tokenizer_dir is not None:  # checked before anything is written
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+        if len(tok) > cfg.vocab_size:
+            raise InputError(
+                f"the tokenizer in '{tokenizer_dir}' has {len(tok)} ids, more than the config's vocab_size {cfg.vocab_size}",
+                fix="use a preset whose vocabulary fits it (llama-0.5b, llama-1.5b, llama-3b), another tokenizer, or none",
+            )
     with parameters_on_meta():
         model = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
     g = torch.Generator().manual_seed(seed)
