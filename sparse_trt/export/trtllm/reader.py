@@ -1,7 +1,7 @@
 """Read a TensorRT-LLM unified checkpoint back: validate it, reassemble all ranks, run a reference forward.
 
 The reference forward is a small pure-torch implementation of the TensorRT-LLM models we export
-(LLaMA family, GPT-2, OPT) that reads the *TensorRT-LLM* tensors. Reproducing the HF model's logits
+(LLaMA family, GPT-2, OPT, Gemma 3) that reads the *TensorRT-LLM* tensors. Reproducing the HF model's logits
 from them proves the names, fusion order, transpositions and splits are right.
 """
 
@@ -117,12 +117,22 @@ def _check_shapes(ckpt: Checkpoint, cfg_path: Path) -> None:
             elif name == "lm_head.weight" and tuple(t.shape) != (pad_rows(vocab, tp) // tp, hidden):
                 raise CheckpointError(f"rank{r}.safetensors: lm_head.weight has shape {tuple(t.shape)}, "
                                       f"config.json implies ({pad_rows(vocab, tp) // tp}, {hidden})", fix="re-export the checkpoint")
-            elif name == "transformer.vocab_embedding.weight" and tuple(t.shape) != (vocab, hidden):
+            elif name == "transformer.vocab_embedding.weight" and tuple(t.shape) != _embedding_shape(cfg, tp):
                 raise CheckpointError(f"rank{r}.safetensors: vocab embedding has shape {tuple(t.shape)}, config.json "
-                                      f"implies ({vocab}, {hidden})", fix="re-export the checkpoint")
+                                      f"implies {_embedding_shape(cfg, tp)}", fix="re-export the checkpoint")
         if seen != set(range(len(layers))):
             raise CheckpointError(f"rank{r}.safetensors holds layers {sorted(seen)} but config.json gives it {len(layers)}",
                                   fix="re-export the checkpoint")
+
+
+def _parallel_embedding(cfg: dict[str, Any], tp: int) -> bool:
+    """Is the vocab embedding split over tp ranks on dim 0 (``use_parallel_embedding``)?"""
+    return tp > 1 and bool(cfg.get("use_parallel_embedding")) and int(cfg.get("embedding_sharding_dim", 0)) == 0
+
+
+def _embedding_shape(cfg: dict[str, Any], tp: int) -> tuple[int, int]:
+    vocab, hidden = int(cfg["vocab_size"]), int(cfg["hidden_size"])
+    return (pad_rows(vocab, tp) // tp, hidden) if _parallel_embedding(cfg, tp) else (vocab, hidden)
 
 
 def assemble(ckpt: Checkpoint) -> dict[str, torch.Tensor]:
@@ -148,6 +158,8 @@ def assemble(ckpt: Checkpoint) -> dict[str, torch.Tensor]:
             full[name] = torch.cat(pieces, 0)
         elif kind == "row":
             full[name] = torch.cat(pieces, 1)
+        elif name == "transformer.vocab_embedding.weight" and _parallel_embedding(cfg, mp.tp):
+            full[name] = torch.cat(pieces, 0)[: int(cfg["vocab_size"])]
         else:
             full[name] = pieces[0]
     if "lm_head.weight" in full:
@@ -198,11 +210,56 @@ def _norm(w: dict[str, torch.Tensor], prefix: str, x: torch.Tensor, eps: float, 
     return F.layer_norm(x, (x.shape[-1],), g, None if b is None else b.float(), eps)
 
 
+def _gemma3_logits(cfg: dict[str, Any], w: dict[str, torch.Tensor], ids: torch.Tensor, n_layers: int) -> torch.Tensor:
+    """TensorRT-LLM's Gemma 3 (models/gemma/model.py): embedding x sqrt(hidden), norms multiply by their stored
+    weight (HF's ``1 + w``), q/k RMSNorm before RoPE, softmax scale 1/sqrt(query_pre_attn_scalar), layer i
+    sliding (window ``sliding_window``, base ``rope_local_base_freq``) unless (i + 1) % pattern == 0, norms
+    after attention and around the MLP, GELU (tanh) gated MLP, optional final-logit softcapping."""
+    if cfg.get("rotary_scaling"):
+        raise CheckpointError(f"rotary_scaling {cfg['rotary_scaling']} is not implemented in the reference forward",
+                              fix="the reference forward covers plain RoPE only")
+    nh = int(cfg["num_attention_heads"])
+    nkv = int(cfg.get("num_key_value_heads") or nh)
+    hidden = int(cfg["hidden_size"])
+    hd = int(cfg["head_size"])
+    eps = float(cfg.get("norm_epsilon", 1e-6))
+    pattern = int(cfg["_sliding_window_pattern"])
+    window = int(cfg["sliding_window"])
+    t = ids.shape[0]
+    x = w["transformer.vocab_embedding.weight"].float()[ids] * math.sqrt(hidden)
+    pos = torch.arange(t)
+    causal = pos[None, :] <= pos[:, None]
+    local = causal & (pos[:, None] - pos[None, :] < window)
+    for i in range(n_layers):
+        p = f"transformer.layers.{i}."
+        sliding = bool((i + 1) % pattern)
+        h = _norm(w, p + "input_layernorm", x, eps, True)
+        q, k, v = _linear(w, p + "attention.qkv", h).split([nh * hd, nkv * hd, nkv * hd], -1)
+        q = _norm(w, p + "attention.q_layernorm", q.view(t, nh, hd), eps, True)
+        k = _norm(w, p + "attention.k_layernorm", k.view(t, nkv, hd), eps, True)
+        base = float(cfg["rope_local_base_freq"] if sliding else cfg.get("rotary_base", 10000.0))
+        q, k = _rope(q, base, hd), _rope(k, base, hd)
+        k = k.repeat_interleave(nh // nkv, dim=1)
+        v = v.view(t, nkv, hd).repeat_interleave(nh // nkv, dim=1)
+        scores = torch.einsum("qhd,khd->hqk", q, k) / math.sqrt(float(cfg["query_pre_attn_scalar"]))
+        scores = scores.masked_fill(~(local if sliding else causal), float("-inf"))
+        attn = torch.einsum("hqk,khd->qhd", scores.softmax(-1), v).reshape(t, nh * hd)
+        x = x + _norm(w, p + "post_layernorm", _linear(w, p + "attention.dense", attn), eps, True)
+        h = _norm(w, p + "pre_feedforward_layernorm", x, eps, True)
+        inter = F.gelu(_linear(w, p + "mlp.fc", h), approximate="tanh") * _linear(w, p + "mlp.gate", h)
+        x = x + _norm(w, p + "post_feedforward_layernorm", _linear(w, p + "mlp.proj", inter), eps, True)
+    logits = _norm(w, "transformer.ln_f", x, eps, True) @ w["lm_head.weight"].float().t()
+    cap = cfg.get("final_logit_softcapping")
+    return logits if not cap else torch.tanh(logits / float(cap)) * float(cap)
+
+
 def reference_logits(ckpt: Checkpoint, input_ids: torch.Tensor) -> torch.Tensor:
     """Logits ``[T, vocab]`` (float32) for one sequence of token ids, computed from the checkpoint's tensors."""
     cfg = ckpt.config
     w = assemble(ckpt)
     arch = cfg["architecture"]
+    if arch == "Gemma3ForCausalLM":
+        return _gemma3_logits(cfg, w, input_ids.reshape(-1).long(), ckpt.num_layers)
     nh = int(cfg["num_attention_heads"])
     nkv = int(cfg.get("num_key_value_heads") or nh)
     hidden = int(cfg["hidden_size"])

@@ -6,7 +6,8 @@
 * fused QKV: q, k and v are split per head separately and concatenated per rank; when tp exceeds
   the KV heads each KV head is repeated ``tp // kv_heads`` times first (``dup_kv_weight``);
 * ``lm_head`` is zero-padded to a multiple of tp rows (``pad_vocab_size``) and split on dim 0;
-  embeddings are replicated (``use_parallel_embedding`` is off, TensorRT-LLM's default);
+  embeddings are replicated (``use_parallel_embedding`` is off, TensorRT-LLM's default), except for
+  families whose TensorRT-LLM config forces a parallel embedding (Gemma: padded and split as the head);
 * pipeline rank ``p`` holds a contiguous range of layers renumbered from 0, the embeddings on the
   first rank, ``ln_f`` and ``lm_head`` on the last.
 
@@ -195,6 +196,12 @@ def shard_ends(conv: Converted, mapping: Mapping, rank: int, dtype: torch.dtype)
     out: dict[str, torch.Tensor] = {}
     if pp_rank == 0:
         out.update(conv.first)
+        if conv.parallel_embedding and tp > 1:  # rows padded to a multiple of tp and split, as the head
+            emb = out["transformer.vocab_embedding.weight"]
+            padded = pad_rows(emb.shape[0], tp)
+            if padded != emb.shape[0]:
+                emb = torch.nn.functional.pad(emb, (0, 0, 0, padded - emb.shape[0]))
+            out["transformer.vocab_embedding.weight"] = _split(emb, tp, tp_rank, 0)
     if pp_rank == mapping.pp - 1:
         out.update(conv.last)
         if conv.lm_head is not None:

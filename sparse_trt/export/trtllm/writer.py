@@ -145,6 +145,8 @@ def check_shard(rank: int, tensors: dict[str, torch.Tensor], prov: dict[str, lis
 def build_config(conv: Converted, mapping: Mapping, pattern: str | None) -> dict[str, Any]:
     cfg = dict(conv.config)
     cfg["mapping"] = mapping.to_config()
+    if conv.parallel_embedding:
+        cfg["use_parallel_embedding"] = mapping.tp > 1
     cfg["quantization"] = {"quant_algo": None, "kv_cache_quant_algo": None}
     cfg["producer"] = {"name": "sparse_trt", "version": sparse_trt.__version__, "sparsity_pattern": pattern}
     return cfg
