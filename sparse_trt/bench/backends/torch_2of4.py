@@ -202,3 +202,172 @@ class Torch2of4Backend(HFBackend):
         return {"kernel": self._kind, "kernel_reason": self._kind_reason,
                 "compute_capability": f"{cc[0]}.{cc[1]}" if cc else None,
                 "kept_dense": dict(self._kept_dense), "max_rel_err": self._max_rel_err}
+
+
+# --- FP8 (E4M3) 2:4 GEMMs: cuSPARSELt only ------------------------------------------------------------------------
+# torch's semi-structured tensor refuses ``mm`` on float8 ("please use torch._scaled_mm"), and its _scaled_mm
+# override (torch/sparse/_semi_structured_ops.py) calls ``torch._cslt_sparse_mm(packed, B, alpha=scale_a * scale_b,
+# out_dtype=...)``: cuSPARSELt has no per-operand scales, the product of the two per-tensor scales is its alpha.
+# The functions below make the same calls directly on the compressed weight, so the dense side (torch._scaled_mm,
+# cuBLASLt) and the sparse side (cuSPARSELt) see the same FP8 operands and scales.
+
+FP8_DTYPE: torch.dtype | None = getattr(torch, "float8_e4m3fn", None)
+FP8_OUT_DTYPE = torch.bfloat16  # both FP8 GEMMs write bfloat16
+FP8_MIN_CAPABILITY = (8, 9)  # FP8 tensor cores: Ada (sm89) and Hopper (sm90) or newer
+FP8_MIN_CUSPARSELT = 602  # torch compiles the float8 cases of _cslt_compress/_cslt_sparse_mm for cuSPARSELt >= 0.6.2
+#: how the scale product reaches cuSPARSELt: a vector of one alpha per output row is read on the device; a
+#: 1-element alpha is read on the host with ``alpha.item()`` on every call (a device-to-host copy that would be
+#: timed as part of each sparse GEMM), so ``vector`` is preferred and ``scalar`` kept as the fallback
+FP8_ALPHA_MODES = ("vector", "scalar")
+
+
+def fp8_shape_constraints():
+    """torch's cuSPARSELt (sparse_min_rows, sparse_min_cols, dense_min_rows, dense_min_cols) for float8, or None."""
+    from torch.sparse.semi_structured import SparseSemiStructuredTensorCUSPARSELT
+
+    if FP8_DTYPE is None:
+        return None
+    return getattr(SparseSemiStructuredTensorCUSPARSELT, "_DTYPE_SHAPE_CONSTRAINTS", {}).get(FP8_DTYPE)
+
+
+#: torch._scaled_mm (FP8, CUDA) needs K and N multiples of 16 (torch/_meta_registrations.py _check_scaled_mm_sizes)
+SCALED_MM_MULTIPLE = 16
+
+
+def fp8_shape_reason(out_f: int, in_f: int) -> str | None:
+    """Why an ``[out_f, in_f]`` weight cannot run both FP8 GEMMs (None: it can)."""
+    cons = fp8_shape_constraints()
+    if cons is None:
+        return "this torch lists no float8_e4m3fn shape constraints for cuSPARSELt (no FP8 2:4 support)"
+    bad = []
+    if out_f < cons.sparse_min_rows or out_f % cons.sparse_min_rows:
+        bad.append(f"out_features {out_f} is not a multiple of {cons.sparse_min_rows}")
+    if in_f < cons.sparse_min_cols or in_f % cons.sparse_min_cols:
+        bad.append(f"in_features {in_f} is not a multiple of {cons.sparse_min_cols}")
+    if out_f % SCALED_MM_MULTIPLE or in_f % SCALED_MM_MULTIPLE:
+        bad.append(f"torch._scaled_mm needs both dimensions to be multiples of {SCALED_MM_MULTIPLE}")
+    return "; ".join(bad) or None
+
+
+def fp8_padded_tokens(tokens: int) -> int:
+    """Token rows the cuSPARSELt FP8 GEMM runs: padded up to torch's dense_min_rows for float8 (as torch's own
+    semi-structured linear pads its input)."""
+    cons = fp8_shape_constraints()
+    m = cons.dense_min_rows if cons is not None else 1
+    return -(-tokens // m) * m
+
+
+def fp8_static_reason(device: torch.device) -> str | None:
+    """Why FP8 2:4 GEMMs cannot run on ``device``, from facts alone (no kernel launched); None: try the probe."""
+    if FP8_DTYPE is None or not hasattr(torch, "_scaled_mm") or not hasattr(torch, "_cslt_sparse_mm"):
+        return f"torch {torch.__version__} has no float8_e4m3fn / _scaled_mm / _cslt_sparse_mm"
+    if device.type != "cuda":
+        return f"FP8 2:4 GEMMs (torch._scaled_mm vs cuSPARSELt) need a CUDA GPU (device is {device})"
+    major, minor = torch.cuda.get_device_capability(device)
+    if (major, minor) < FP8_MIN_CAPABILITY:
+        return (f"compute capability {major}.{minor} < {FP8_MIN_CAPABILITY[0]}.{FP8_MIN_CAPABILITY[1]} has no FP8 "
+                "tensor cores (Ada sm89 / Hopper sm90 or newer)")
+    lt = getattr(torch.backends, "cusparselt", None)
+    if lt is None or not lt.is_available():
+        return "this torch build has no cuSPARSELt (the official CUDA wheels have it)"
+    version = lt.version()
+    if version is None or version < FP8_MIN_CUSPARSELT:
+        return f"cuSPARSELt {version} in this torch build is older than 0.6.2, the first with FP8 (E4M3)"
+    return None
+
+
+def quantize_fp8(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(float8_e4m3fn tensor, float32 scale of shape (1,)) with one scale per tensor: scale = amax / 448, values
+    saturated at +-448; zeros stay zeros, so a 2:4 weight stays 2:4. ``q.float() * scale`` dequantizes."""
+    from sparse_trt.quantize.formats import FORMATS
+    from sparse_trt.quantize.scales import scale_from_amax, tensor_amax
+
+    fmt = FORMATS["fp8"]
+    x = t.float()
+    scale = scale_from_amax(tensor_amax(x), fmt.qmax)
+    return (x / scale).clamp(-fmt.qmax, fmt.qmax).to(fmt.dtype), scale
+
+
+def fp8_alpha(scale_x: torch.Tensor, scale_w: torch.Tensor, out_f: int, mode: str) -> torch.Tensor:
+    """cuSPARSELt's alpha: the product of the two per-tensor scales, one per output row or a single element."""
+    if mode not in FP8_ALPHA_MODES:
+        raise ValueError(f"alpha mode must be one of {FP8_ALPHA_MODES}")
+    a = (scale_x.float() * scale_w.float()).reshape(1)
+    return a.expand(out_f).contiguous() if mode == "vector" else a
+
+
+def fp8_compress(w_q: torch.Tensor) -> torch.Tensor:
+    """cuSPARSELt's packed form (kept values + metadata, [out, *]) of a contiguous float8 2:4 ``[out, in]`` weight."""
+    return torch._cslt_compress(w_q.contiguous())
+
+
+def fp8_sparse_mm(packed: torch.Tensor, x_q_padded: torch.Tensor, alpha: torch.Tensor, tokens: int) -> torch.Tensor:
+    """``x @ W.T`` as ``[tokens, out]``: cuSPARSELt computes ``alpha * (W @ x_padded.T)`` = ``[out, padded]``; the
+    padded rows are dropped by a view (the dense operand is ``x_padded.t()``, as torch's semi-structured linear
+    passes it)."""
+    y = torch._cslt_sparse_mm(packed, x_q_padded.t(), None, alpha, FP8_OUT_DTYPE, False, 0, 1, -1)
+    return y[:, :tokens].t()
+
+
+def fp8_dense_mm(x_q: torch.Tensor, w_q: torch.Tensor, scale_x: torch.Tensor, scale_w: torch.Tensor) -> torch.Tensor:
+    """``(x_q * scale_x) @ (w_q * scale_w).T`` in bfloat16 by torch._scaled_mm (x row-major, W.T column-major)."""
+    return torch._scaled_mm(x_q, w_q.t(), scale_a=scale_x, scale_b=scale_w, out_dtype=FP8_OUT_DTYPE)
+
+
+def fp8_reference(x_q: torch.Tensor, scale_x: torch.Tensor, w_q: torch.Tensor, scale_w: torch.Tensor) -> torch.Tensor:
+    """The exact product of the dequantized operands, in float64 (no TF32, no accumulation-order effects)."""
+    return (x_q.double() * scale_x.double()) @ (w_q.double() * scale_w.double()).t()
+
+
+def relative_error(got: torch.Tensor, ref: torch.Tensor) -> float:
+    """max |got - ref| relative to max |ref| (the scale torch-2of4's check uses); inf for NaN/inf outputs."""
+    diff = (got.double() - ref.double()).abs().max()
+    if not torch.isfinite(diff):
+        return float("inf")
+    return float(diff) / max(float(ref.double().abs().max()), 1e-12)
+
+
+def fp8_probe(device: torch.device, rtol: float = 0.02) -> tuple[str | None, str]:
+    """Run both FP8 GEMMs once on a tiny 2:4 weight: (alpha mode that computed the right result, what happened).
+
+    ``(None, why)`` when FP8 2:4 cannot run here: the reason from fp8_static_reason, or the exception text /
+    wrong result of the first call (torch's own tests expect FP8 cuSPARSELt to fail on sm89 before CUDA 13).
+    """
+    from ..synth import mask_2of4_
+
+    why = fp8_static_reason(device)
+    if why is not None:
+        return None, why
+    cons = fp8_shape_constraints()
+    out_f, in_f, tokens = 2 * cons.sparse_min_rows, 2 * cons.sparse_min_cols, cons.dense_min_rows
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(out_f, in_f, generator=g)
+    mask_2of4_(w)
+    x = torch.randn(tokens, in_f, generator=g)
+    try:
+        w_q, sw = (t.to(device) for t in quantize_fp8(w))
+        x_q, sx = (t.to(device) for t in quantize_fp8(x))
+        ref = fp8_reference(x_q, sx, w_q, sw)
+        dense_err = relative_error(fp8_dense_mm(x_q, w_q, sx, sw), ref)
+        packed = fp8_compress(w_q)
+    except Exception as e:  # noqa: BLE001 - any failure of the probe call is the reason FP8 is not available
+        return None, f"FP8 probe call failed: {type(e).__name__}: {_first_line(e)}"
+    if not dense_err <= rtol:
+        return None, f"torch._scaled_mm FP8 result off by {dense_err:.3g} (relative) on the probe"
+    tried = []
+    for mode in FP8_ALPHA_MODES:
+        try:
+            err = relative_error(fp8_sparse_mm(packed, x_q, fp8_alpha(sx, sw, out_f, mode), tokens), ref)
+            torch.cuda.synchronize(device)
+        except Exception as e:  # noqa: BLE001
+            tried.append(f"alpha {mode}: {type(e).__name__}: {_first_line(e)}")
+            continue
+        if err <= rtol:
+            return mode, f"cuSPARSELt FP8 ok (alpha {mode}, probe rel. error {err:.2g})"
+        tried.append(f"alpha {mode}: result off by {err:.3g} (relative)")
+    return None, "cuSPARSELt FP8 probe failed: " + "; ".join(tried)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0][:300] if text else "(no message)"
