@@ -10,6 +10,11 @@ that same stream. TensorRT's INFO log of each sparse build is captured and its `
 parsed, so a row says "sparse tactic not picked" when TensorRT chose dense, instead of "dense wins".
 Where a path cannot run (CPU, old GPU, no TensorRT) the rows say "not available: why" and hold no
 numbers. On any device the ONNX graphs are checked (onnx.checker + ONNX Runtime vs torch).
+
+FP8 (``--dtype fp8``): dense ``torch._scaled_mm`` vs cuSPARSELt's ``torch._cslt_sparse_mm`` on the same
+float8_e4m3fn operands (one scale per tensor; cuSPARSELt gets the scale product as alpha), bfloat16 outputs.
+Each pair is first checked against the exact product of the dequantized operands; a pair outside the
+tolerance is an n/a row with the errors, never a speed figure. TensorRT and ONNX checks are not run for FP8.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -49,6 +55,27 @@ def parse_shapes(text: str) -> list[Shape]:
     if not out:
         raise InputError("no shapes given", fix="e.g. --shapes 4096x4096,11008x4096")
     return out
+
+
+#: names ``bench gemm --dtype`` takes for FP8 (E4M3)
+FP8_NAMES = ("fp8", "float8_e4m3fn", "e4m3")
+#: the 16-bit dtypes of the torch semi-structured probes
+HALF_NAMES = ("float16", "fp16", "half", "bfloat16", "bf16")
+
+
+def parse_gemm_dtype(text: str) -> torch.dtype:
+    """``--dtype`` of ``bench gemm``: float16 / bfloat16 (and their short names), or fp8 / float8_e4m3fn."""
+    from sparse_trt.core.device import DTYPE_NAMES
+
+    from .backends.torch_2of4 import FP8_DTYPE
+
+    key = text.strip().lower()
+    if key in FP8_NAMES and FP8_DTYPE is not None:
+        return FP8_DTYPE
+    if key in HALF_NAMES:
+        return DTYPE_NAMES[key]
+    raise InputError(f"--dtype {text}: 2:4 GEMM probes run float16, bfloat16 or fp8 (float8_e4m3fn)",
+                     fix="use --dtype float16, bfloat16 or fp8")
 
 
 def model_shapes(spec: str, trust_remote_code: bool = False) -> list[Shape]:
@@ -126,6 +153,100 @@ def probe_torch(shapes: list[Shape], tokens: list[int], dtype: torch.dtype, devi
             rows.append(GemmRow([o, i], t, dn, "torch", "ok", ds, ss, ds.p50 / ss.p50 if ss.p50 > 0 else None, err,
                                 f"torch semi-structured ({kind})"))
             n += 1
+            if progress:
+                progress(n, len(shapes) * len(tokens))
+    return rows
+
+
+#: FP8 outputs (bfloat16) must lie within this fraction of max |reference| of the exact dequantized product
+FP8_RTOL = 0.02
+
+
+def fp8_check(dense: torch.Tensor, sparse: torch.Tensor, ref: torch.Tensor, rtol: float = FP8_RTOL) -> tuple[float, float, str | None]:
+    """(dense rel. error, sparse rel. error, why the pair fails or None) against the float64 reference."""
+    from .backends.torch_2of4 import relative_error
+
+    de, se = relative_error(dense, ref), relative_error(sparse, ref)
+    bad = [f"{name} off by {e:.3g}" for name, e in (("dense torch._scaled_mm", de), ("sparse cuSPARSELt", se))
+           if not e <= rtol]
+    why = None if not bad else (f"correctness check failed: {', '.join(bad)} (max |err| / max |reference|, tolerance "
+                                f"{rtol}; reference: the dequantized FP8 operands multiplied in float64)")
+    return de, se, why
+
+
+def probe_torch_fp8(shapes: list[Shape], tokens: list[int], device: torch.device, *, warmup: int, iters: int,
+                    seed: int = 0, rtol: float = FP8_RTOL,
+                    progress: Callable[[int, int], None] | None = None) -> list[GemmRow]:
+    """Dense FP8 (torch._scaled_mm, cuBLASLt) vs FP8 2:4 (cuSPARSELt) for each shape and token count.
+
+    Weights: seeded random, 2:4 by magnitude, quantized per tensor; activations: random, quantized per tensor.
+    cuSPARSELt runs the activations padded with zero rows up to a multiple of torch's float8 dense_min_rows
+    (16), as torch's own semi-structured linear pads them; the dense GEMM runs the exact token count.
+    """
+    from .backends.torch_2of4 import (
+        FP8_DTYPE,
+        fp8_alpha,
+        fp8_compress,
+        fp8_dense_mm,
+        fp8_padded_tokens,
+        fp8_probe,
+        fp8_reference,
+        fp8_shape_reason,
+        fp8_sparse_mm,
+        quantize_fp8,
+    )
+
+    dtype = FP8_DTYPE
+    mode, why = fp8_probe(device, rtol)
+    if mode is None:
+        return _na_rows(shapes, tokens, dtype, "torch", f"not available: {why}")
+    dn = str(dtype).removeprefix("torch.")
+    rows: list[GemmRow] = []
+    n = 0
+    for si, (o, i) in enumerate(shapes):
+        bad = fp8_shape_reason(o, i)
+        if bad is not None:
+            rows += _na_rows([(o, i)], tokens, dtype, "torch", f"not available: cuSPARSELt FP8 cannot run {o}x{i}: {bad}")
+            n += len(tokens)
+            continue
+        w = random_2of4((o, i), torch.float32, device, seed + si)
+        w_q, sw = quantize_fp8(w)
+        del w
+        try:
+            packed = fp8_compress(w_q)
+        except RuntimeError as e:
+            first = (str(e).strip().splitlines() or ["(no message)"])[0][:300]
+            rows += _na_rows([(o, i)], tokens, dtype, "torch", f"not available: _cslt_compress failed: {first}")
+            n += len(tokens)
+            continue
+        for t in tokens:
+            tp = fp8_padded_tokens(t)
+            x = torch.zeros(tp, i, device=device)
+            x[:t] = torch.randn(t, i, device=device)
+            xp_q, sx = quantize_fp8(x)  # zero rows quantize to zeros; the scale comes from the real rows
+            x_q = xp_q[:t]  # row-major view: what the dense GEMM reads
+            alpha = fp8_alpha(sx, sw, o, mode)
+            n += 1
+            try:
+                ref = fp8_reference(x_q, sx, w_q, sw)
+                dense_y = fp8_dense_mm(x_q, w_q, sx, sw)
+                sparse_y = fp8_sparse_mm(packed, xp_q, alpha, t)
+                de, se, fail = fp8_check(dense_y, sparse_y, ref, rtol)
+            except RuntimeError as e:  # a kernel that refuses this shape/token count: say so, time nothing
+                first = (str(e).strip().splitlines() or ["(no message)"])[0][:300]
+                de, se, fail = None, None, f"FP8 GEMM call failed: {type(e).__name__}: {first}"
+            if fail is not None:
+                rows += _na_rows([(o, i)], [t], dtype, "torch", f"not available: {fail}")
+            else:
+                err = float((sparse_y.float() - dense_y.float()).abs().max())
+                del ref, dense_y, sparse_y
+                d = time_callable_events(partial(fp8_dense_mm, x_q, w_q, sx, sw), device, warmup, iters)
+                s = time_callable_events(partial(fp8_sparse_mm, packed, xp_q, alpha, t), device, warmup, iters)
+                ds, ss = Summary.of(d), Summary.of(s)
+                pad = f"; tokens padded {t}->{tp} for cuSPARSELt" if tp != t else ""
+                rows.append(GemmRow([o, i], t, dn, "torch", "ok", ds, ss, ds.p50 / ss.p50 if ss.p50 > 0 else None, err,
+                                    f"torch FP8: _scaled_mm vs cuSPARSELt (alpha {mode}{pad}); rel. error vs float64 "
+                                    f"reference: dense {de:.2g}, sparse {se:.2g} (tol {rtol})"))
             if progress:
                 progress(n, len(shapes) * len(tokens))
     return rows
@@ -273,6 +394,17 @@ def run_gemm(shapes: list[Shape], tokens: list[int], dtype: torch.dtype, device:
              warmup: int, iters: int, seed: int = 0, kernel: str = "auto", onnx: bool = True,
              onnx_max_elements: int | None = None, tensorrt: bool = True,
              progress: Callable[[int, int], None] | None = None) -> GemmResult:
+    from .backends.torch_2of4 import FP8_DTYPE
+
+    if FP8_DTYPE is not None and dtype == FP8_DTYPE:
+        rows = probe_torch_fp8(shapes, tokens, device, warmup=warmup, iters=iters, seed=seed, progress=progress)
+        notes = ["FP8: torch only (dense torch._scaled_mm vs cuSPARSELt 2:4, per-tensor scales, bfloat16 out); "
+                 "TensorRT FP8 engines need quantize/dequantize nodes in the ONNX graph and are not probed here, "
+                 "and the ONNX graph checks are 16/32-bit only"]
+        if kernel not in ("auto", "cusparselt"):
+            notes.append(f"--kernel {kernel} ignored: FP8 2:4 runs on cuSPARSELt only (torch's CUTLASS 2:4 kernels "
+                         "have no float8)")
+        return GemmResult(device=str(device), source=source, rows=rows, notes=notes)
     rows = probe_torch(shapes, tokens, dtype, device, warmup=warmup, iters=iters, seed=seed, kernel=kernel, progress=progress)
     notes: list[str] = []
     if tensorrt:
