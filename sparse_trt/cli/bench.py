@@ -260,7 +260,11 @@ def gemm_cmd(
     out_path: Path = typer.Option(..., "-o", "--out", help="Results JSON."),
     shapes: str | None = typer.Option(None, "--shapes", help="Explicit OUTxIN weight shapes, e.g. 4096x4096,11008x4096."),
     tokens: str = typer.Option("1,16,256,2048", "--tokens", help="Comma-separated token counts (rows of the input)."),
-    dtype: str = typer.Option("float16", "--dtype", help="float16 or bfloat16."),
+    dtype: str = typer.Option(
+        "float16", "--dtype",
+        help="float16, bfloat16, or fp8 (float8_e4m3fn: dense torch._scaled_mm vs cuSPARSELt 2:4, per-tensor scales, "
+             "bfloat16 out; needs sm89+ and cuSPARSELt 0.6.2+).",
+    ),
     device: str = typer.Option("auto", "--device", help=H_DEVICE),
     warmup: int = typer.Option(10, "--warmup", help="Untimed calls per shape and token count before timing."),
     iters: int = typer.Option(50, "--iters", help="Timed calls per shape and token count (p50 reported)."),
@@ -274,14 +278,12 @@ def gemm_cmd(
 ) -> None:
     """Dense vs 2:4 matmul for every distinct linear shape; says which shapes win. CPU: 'not available' rows."""
     setup_logging(verbose)
-    import torch
-
     from sparse_trt.bench.environment import capture
-    from sparse_trt.bench.gemm_probe import model_shapes, parse_shapes, run_gemm, winners
+    from sparse_trt.bench.gemm_probe import model_shapes, parse_gemm_dtype, parse_shapes, run_gemm, winners
     from sparse_trt.bench.results import ResultsFile
     from sparse_trt.bench.workload import parse_int_list
 
-    from .options import resolve_device, resolve_dtype
+    from .options import resolve_device
 
     _check_out(out_path, overwrite)
     if warmup < 0:
@@ -290,9 +292,7 @@ def gemm_cmd(
         raise InputError(f"--iters {iters} must be at least 1")
     if (model is None) == (shapes is None):
         raise InputError("give either a MODEL or --shapes (not both, not neither)", fix="e.g. --shapes 4096x4096,11008x4096")
-    dt = resolve_dtype(dtype)
-    if dt not in (torch.float16, torch.bfloat16):
-        raise InputError(f"--dtype {dtype}: 2:4 GEMM probes run float16 or bfloat16", fix="use --dtype float16 or bfloat16")
+    dt = parse_gemm_dtype(dtype)
     shape_list = parse_shapes(shapes) if shapes is not None else model_shapes(model, trust_remote_code)
     token_list = parse_int_list(tokens, "--tokens")
     dev = resolve_device(device)
@@ -302,7 +302,7 @@ def gemm_cmd(
                        kernel=kernel, onnx=onnx, onnx_max_elements=onnx_max_elements, tensorrt=tensorrt,
                        progress=lambda i, n: prog.update(task, completed=i, total=n))
     ResultsFile("gemm", env, gemm=res).save(out_path)
-    t = Table(title=Text(f"GEMM dense vs 2:4 ({dtype}, {dev})"))
+    t = Table(title=Text(f"GEMM dense vs 2:4 ({str(dt).removeprefix('torch.')}, {dev})"))
     for c in ("shape out×in", "tokens", "engine", "dense p50 µs", "2:4 p50 µs", "speedup", "verdict / status"):
         t.add_column(c)
     verdicts = {id(r): v for r, v in winners(res)}
