@@ -48,6 +48,18 @@ def _attention_modules(model: nn.Module, layers: nn.ModuleList, prefix: str) -> 
     return out
 
 
+def _register_mask(inner: str) -> None:
+    """Give the hook implementation the attention masks of the one it delegates to: transformers builds no mask
+    for an implementation it does not know, which silently drops sliding windows (Gemma 3's local layers)."""
+    try:
+        from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+    except ImportError:  # older transformers build masks inside the models
+        return
+    mapping = AttentionMaskInterface._global_mapping
+    if inner in mapping:
+        AttentionMaskInterface.register(_KV_IMPL, ALL_MASK_ATTENTION_FUNCTIONS[inner])
+
+
 @contextlib.contextmanager
 def kv_hooks(model: nn.Module, layers: nn.ModuleList, prefix: str, hook: KVHook) -> Iterator[list[str]]:
     """Route every decoder layer's attention through ``hook(name, key, value)`` while inside."""
@@ -57,6 +69,7 @@ def kv_hooks(model: nn.Module, layers: nn.ModuleList, prefix: str, hook: KVHook)
     mods = _attention_modules(model, layers, prefix)
     configs = {id(m.config): m.config for m in mods.values()} | {id(model.config): model.config}
     saved = {k: c._attn_implementation for k, c in configs.items()}
+    _register_mask(saved.get(id(model.config)) or "sdpa")
     for name, mod in mods.items():
         _ACTIVE[id(mod)] = (name, saved.get(id(mod.config)) or "sdpa", hook)
     try:

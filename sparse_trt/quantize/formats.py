@@ -86,6 +86,8 @@ def parse_kv_format(text: str | None, fmt: QuantFormat) -> KVFormat | None:
 # activation scale, FP8 weight scale and SmoothQuant factors, as the fused GEMM needs.
 FUSED_GROUPS: dict[str, tuple[tuple[str, ...], ...]] = {
     "llama": (("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), ("mlp.gate_proj", "mlp.up_proj")),
+    # Gemma 3: the same fused QKV and gate/up GatedMLP as LLaMA (TensorRT-LLM's Gemma model).
+    "gemma3": (("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), ("mlp.gate_proj", "mlp.up_proj")),
 }
 
 
@@ -96,6 +98,7 @@ QUANT_EXPORT_ARCHITECTURES: dict[str, str] = {
     "LlamaForCausalLM": "llama",
     "MistralForCausalLM": "llama",
     "Qwen2ForCausalLM": "llama",
+    "Gemma3ForCausalLM": "gemma3",
 }
 
 
