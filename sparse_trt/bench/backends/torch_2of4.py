@@ -285,7 +285,7 @@ def quantize_fp8(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     fmt = FORMATS["fp8"]
     x = t.float()
     scale = scale_from_amax(tensor_amax(x), fmt.qmax)
-    return (x / scale).clamp(-fmt.qmax, fmt.qmax).to(fmt.dtype), scale
+    return (x / scale).clamp(-fmt.qmax, fmt.qmax).to(fmt.weight_dtype), scale
 
 
 def fp8_alpha(scale_x: torch.Tensor, scale_w: torch.Tensor, out_f: int, mode: str) -> torch.Tensor:
