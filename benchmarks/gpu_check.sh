@@ -4,7 +4,8 @@
 #   0. preflight: a CUDA GPU (else exit at once), the CLI's dependencies (installed or named), optional
 #      pytest / matplotlib / onnx / nvidia-ml-py (steps that need a missing one are skipped or degraded)
 #   1. bench gemm on 7B-class linear shapes at decode (1, 16 tokens) and prefill (512, 2048 tokens) sizes,
-#      fp16 and bf16 (torch semi-structured kernels; TensorRT too where it is installed)
+#      fp16 and bf16 (torch semi-structured kernels; TensorRT too where it is installed), and fp8 (E4M3: dense
+#      torch._scaled_mm vs cuSPARSELt 2:4; a card or torch without FP8 cuSPARSELt gives explained n/a rows)
 #   2. a LLaMA-7B-shaped model (2 layers) built from a config on the spot, dense vs 2:4 (hf vs torch-2of4)
 #   3. a SmolLM2-135M-shaped model (all 30 layers; benchmarks/smollm2-135m.config.json, random weights:
 #      kernel speed does not depend on the values), dense vs 2:4; SMOLLM2_DENSE / SMOLLM2_2OF4 may name real
@@ -92,6 +93,14 @@ has pynvml || echo "preflight: no nvidia-ml-py: NVML memory readings will be rec
 torch.cuda.get_device_capability(0), 'cusparselt', torch.backends.cusparselt.is_available())"
   uptime
 } > "$OUT/machine.txt" 2>&1
+# FP8 2:4 (sm89+, cuSPARSELt 0.6.2+): one tiny call of both FP8 GEMMs in its own process, so that a crash or hang
+# of cuSPARSELt on an unsupported card costs this line, not a step
+FP8_PROBE=$(timeout 30 "$PY" -c "import torch
+from sparse_trt.bench.backends.torch_2of4 import fp8_probe
+mode, why = fp8_probe(torch.device('cuda', 0))
+print(('ok: ' if mode else 'n/a: ') + why)" 2>"$OUT/fp8-probe.err" | tail -n 1)
+case "$FP8_PROBE" in ok:*|n/a:*) ;; *) FP8_PROBE="crashed or timed out (see fp8-probe.err)";; esac
+echo "fp8 2:4 probe: $FP8_PROBE" >> "$OUT/machine.txt"
 cat "$OUT/machine.txt"
 
 # --- 1. GEMMs at decode and prefill token counts -------------------------------------------------------------
@@ -101,6 +110,16 @@ step gemm-fp16 75 "${ST[@]}" bench gemm --shapes "$SHAPES" --tokens "$TOKENS" --
   --warmup 10 --iters 30 "${NO_ONNX[@]}" -o "$OUT/gemm-fp16.json" --overwrite
 step gemm-bf16 60 "${ST[@]}" bench gemm --shapes "$SHAPES" --tokens "$TOKENS" --dtype bfloat16 --device cuda \
   --warmup 10 --iters 30 --no-onnx -o "$OUT/gemm-bf16.json" --overwrite
+# FP8: where the probe answered (ok, or n/a with its reason) the step runs; without FP8 support every row is
+# 'not available: why' and the step still passes. Only a probe that crashed or hung skips it (not a failure).
+case "$FP8_PROBE" in
+  ok:*|n/a:*)
+    step gemm-fp8 40 "${ST[@]}" bench gemm --shapes "$SHAPES" --tokens "$TOKENS" --dtype fp8 --device cuda \
+      --warmup 10 --iters 30 --no-onnx --no-tensorrt -o "$OUT/gemm-fp8.json" --overwrite ;;
+  *)
+    echo "=== gemm-fp8: n/a, the FP8 probe $FP8_PROBE; not counted as a failure ===" | tee -a "$OUT/steps.txt"
+    SKIPPED+=(gemm-fp8) ;;
+esac
 
 # --- 2. a 7B-shaped model: hf (dense) vs torch-2of4 -----------------------------------------------------------
 step synth-7b 40 "${ST[@]}" bench synth "$MODELS/llama7b" --config llama-7b --layers 2 --dtype float16 --overwrite
@@ -124,12 +143,12 @@ step compare-smollm2 80 "${ST[@]}" bench compare "$SM_DENSE" "$SM_SPARSE" \
 
 # --- 4. GPU tests and the report ------------------------------------------------------------------------------
 if has pytest; then
-  step pytest-gpu 30 "$PY" -m pytest -q -m gpu "$ROOT/tests/test_bench_gpu.py"
+  step pytest-gpu 30 "$PY" -m pytest -q -rs -m gpu "$ROOT/tests/test_bench_gpu.py" "$ROOT/tests/test_gemm_fp8.py"
 else
   echo "=== pytest-gpu: skipped, pytest is missing (pip install pytest) ===" | tee -a "$OUT/steps.txt"; SKIPPED+=(pytest-gpu)
 fi
 REPORT_IN=()
-for f in "$OUT"/gemm-fp16.json "$OUT"/gemm-bf16.json "$OUT"/compare-7b.json "$OUT"/compare-smollm2.json; do
+for f in "$OUT"/gemm-fp16.json "$OUT"/gemm-bf16.json "$OUT"/gemm-fp8.json "$OUT"/compare-7b.json "$OUT"/compare-smollm2.json; do
   [ -s "$f" ] && REPORT_IN+=("$f")
 done
 if [ ${#REPORT_IN[@]} -gt 0 ]; then
