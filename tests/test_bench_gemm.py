@@ -91,7 +91,8 @@ def test_gpu_check_script_inputs_are_valid():
     assert min(tokens) <= 16 and max(tokens) >= 512  # decode and prefill GEMM shapes
     limits = [int(x) for x in re.findall(r"^\s*step [\w-]+ (\d+) ", text, re.M)]
     budget = int(re.search(r"BUDGET_S=\$\{BUDGET_S:-(\d+)\}", text).group(1))
-    assert len(limits) == 8 and sum(limits) <= budget <= 480  # per-step limits within the 8-minute budget
+    assert len(limits) == 9 and sum(limits) <= budget <= 480  # per-step limits within the 8-minute budget
+    assert {"float16", "bfloat16", "fp8"} <= set(re.findall(r"bench gemm .*?--dtype (\S+)", text.replace("\\\n", " ")))
     smol = Path(__file__).parent.parent / "benchmarks" / "smollm2-135m.config.json"
     from sparse_trt.bench.synth import load_config_dict
 
