@@ -339,6 +339,8 @@ def fp8_probe(device: torch.device, rtol: float = 0.02) -> tuple[str | None, str
     if why is not None:
         return None, why
     cons = fp8_shape_constraints()
+    if cons is None:
+        return None, fp8_shape_reason(1, 1)  # torch lists no float8 constraints: no FP8 2:4 in this torch
     out_f, in_f, tokens = 2 * cons.sparse_min_rows, 2 * cons.sparse_min_cols, cons.dense_min_rows
     g = torch.Generator().manual_seed(0)
     w = torch.randn(out_f, in_f, generator=g)
