@@ -193,13 +193,14 @@ def test_kv_hooks_keep_the_sliding_window():
     assert seen and torch.equal(got, want)
 
 
-def _quantize(pruned: Path, out: Path, fmt: str, kv: str | None, calib: Path):
+def _quantize(pruned: Path, out: Path, fmt: str, kv: str | None, calib: Path, exclude: tuple[str, ...] = ()):
     from sparse_trt.data.text import parse_source
     from sparse_trt.quantize.api import QuantizeOptions, quantize_model
     from sparse_trt.quantize.formats import parse_format, parse_kv_format
 
     f = parse_format(fmt)
-    opts = QuantizeOptions(f, parse_kv_format(kv, f), parse_source(str(calib)), nsamples=NSAMPLES, seqlen=SEQLEN)
+    opts = QuantizeOptions(f, parse_kv_format(kv, f), parse_source(str(calib)), nsamples=NSAMPLES, seqlen=SEQLEN,
+                           exclude=exclude)
     return quantize_model(str(pruned), out, opts, device=torch.device("cpu"))
 
 
@@ -227,6 +228,23 @@ def test_fp8_quantize_and_export_keeps_2of4(half, tmp_path):
                 assert w.dtype == torch.float8_e4m3fn and nm_violations(w.float(), NM(2, 4), 1) == 0, name
                 assert t[name.replace(".weight", ".weights_scaling_factor")].shape == (1,)
         assert t["transformer.layers.1.attention.q_layernorm.weight"].dtype == torch.float16
+
+
+def test_int8sq_exclude_names_trtllm_modules(half, tmp_path):
+    """--exclude on Gemma 3: the excluded MLP stays float16 without scales and exclude_modules names it exactly."""
+    pruned, calib = half
+    q = _quantize(pruned, tmp_path / "q", "int8-sq", None, calib, exclude=("*layers.1.mlp.*",))
+    export_trtllm(q.out, tmp_path / "ckpt", dtype=torch.float16, tp=2)
+    cfg = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    assert cfg["quantization"]["exclude_modules"] == [
+        "lm_head", "transformer.layers.1.mlp.fc", "transformer.layers.1.mlp.gate", "transformer.layers.1.mlp.proj"]
+    t = _read(tmp_path / "ckpt" / "rank1.safetensors")
+    assert t["transformer.layers.1.mlp.fc.weight"].dtype == torch.float16
+    assert "transformer.layers.1.mlp.fc.weights_scaling_factor" not in t
+    assert t["transformer.layers.0.mlp.fc.weight"].dtype == torch.int8
+    for name, w in t.items():
+        if name.endswith(LINEARS):
+            assert nm_violations(w, NM(2, 4), 1) == 0, name
 
 
 # ------------------------------------------------------------------------------ ModelOpt
