@@ -124,7 +124,7 @@ def test_eval_tasks_cli_runs_a_local_multiple_choice_task_offline(pruned, calib_
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
     tasks = _local_task(tmp_path)
     r = CliRunner().invoke(app, ["eval", str(pruned), "--data", str(calib_jsonl), "--seqlen", "32", "--max-windows", "2",
-                                 "--device", "cpu", "--tasks", "tiny_mc", "--tasks-path", str(tasks)])
+                                 "--device", "cpu", "--tasks", "tiny_mc", "--tasks-path", str(tasks), "--tasks-batch-size", "4"])
     assert r.exit_code == 0, r.output
     assert "tiny_mc" in r.output and "acc" in r.output
     scores = Manifest.load(pruned).quality["tasks"]["scores"]

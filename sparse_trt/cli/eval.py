@@ -59,6 +59,10 @@ def eval_cmd(
     ),
     tasks_path: Path | None = typer.Option(None, "--tasks-path", help="Folder of lm-eval task YAML files (local tasks, offline)."),
     tasks_limit: int | None = typer.Option(None, "--tasks-limit", help="At most this many documents per lm-eval task."),
+    tasks_batch_size: int = typer.Option(
+        1, "--tasks-batch-size", min=1,
+        help="Requests per forward pass in lm-eval (its --batch_size; larger is faster where memory allows).",
+    ),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show library logs."),
 ) -> None:
     """Perplexity over non-overlapping held-out windows, with BOS handled per model family.
@@ -132,7 +136,7 @@ def eval_cmd(
 
         console.print(f"running lm-eval tasks {tasks} ...", markup=False)
         tr = run_tasks(model, tasks.split(","), resolve_device(device), resolve_dtype(dtype), tasks_path, tasks_limit,
-                       trust_remote_code=trust_remote_code)
+                       batch_size=tasks_batch_size, trust_remote_code=trust_remote_code)
         tt = Table(title=f"lm-eval {tr.lm_eval_version}" + (f" (at most {tr.limit} documents per task)" if tr.limit else ""))
         for c in ("task", "metric", "value", "stderr"):
             tt.add_column(c)
