@@ -9,8 +9,13 @@ compare anyway; the report flags such pairs. The precision of a side comes from 
   ``config.json`` (``pretrained_config.quantization.quant_algo``, else ``pretrained_config.dtype``);
 * a model folder: its ``quantization.json`` (``quant_algo``: the model is the FP8 / INT8-SQ one, and
   its quality is the simulated figure), else ``--dtype``, else the dtype in its ``config.json``.
-  The ``hf`` and ``torch-2of4`` backends run a quantized folder's weights unquantized: the report
-  says so beside the precision;
+  The ``hf`` and ``torch-2of4`` backends run an FP8 folder's quantized linears as FP8 GEMMs
+  (``--opt fp8=auto|on``; backends/fp8_linear.py), so it is FP8; with ``--opt fp8=off`` they run it
+  as stored, so its precision is the stored dtype (like the unquantized folder it came from). When
+  ``fp8=auto`` finds that FP8 GEMMs cannot run on the device, the run records it (``quality.quantization.
+  compute == "stored"``) and the report shows the stored dtype, flagging a pair that became mixed.
+  INT8-SQ folders are not run in INT8 by these backends: they keep their ``quant_algo`` precision (the
+  quality is simulated, the timing is not) and the report says the weights ran unquantized;
 * anything else (a hub id with ``--dtype auto``, ``triton`` without ``engine_dir``): unknown, and
   the pair is compared with a note that its precisions could not be checked.
 """
@@ -77,10 +82,25 @@ def folder_quantization(folder: Path) -> dict[str, Any] | None:
             "excluded": [m for m in ex if m != "lm_head"] if isinstance(ex, list) else []}
 
 
-def folder_precision(folder: Path, dtype: Any) -> Precision:
+def folder_precision(folder: Path, dtype: Any, apply_fp8: bool = True) -> Precision:
+    """A model folder's precision: its quant_algo when quantized (unless it is FP8 and ``apply_fp8`` is False:
+    then it runs as stored), else ``dtype``, else its config.json dtype."""
     q = folder_quantization(folder)
-    if q is not None:
+    if q is not None and (apply_fp8 or q["format"] != "fp8"):
         return Precision(q["quant_algo"], f"{folder}/quantization.json")
+    stored = stored_precision(folder, dtype)
+    if q is not None:
+        return Precision(stored.key, f"{stored.source}: FP8 {folder}/quantization.json not applied (--opt fp8=off)")
+    return stored
+
+
+def fp8_option_off(backend: str, opts: Mapping[str, Any]) -> bool:
+    """Does this side run an FP8 folder as stored (``--opt fp8=off`` on hf / torch-2of4)?"""
+    return backend in HF_BACKENDS and str(opts.get("fp8", "auto")).strip().lower() == "off"
+
+
+def stored_precision(folder: Path, dtype: Any) -> Precision:
+    """The dtype a folder's weights compute in when run as stored: ``--dtype``, else its config.json dtype."""
     if dtype is not None:
         return Precision(str(dtype).removeprefix("torch."), "--dtype")
     cfg = _json(folder / "config.json") or {}
@@ -100,7 +120,7 @@ def declared_precision(backend: str, model: str, dtype: Any, opts: Mapping[str, 
         return Precision(None, "triton without --opt engine_dir=ENGINE")
     p = Path(model).expanduser()
     if p.is_dir():
-        return folder_precision(p, dtype)
+        return folder_precision(p, dtype, apply_fp8=not fp8_option_off(backend, opts))
     if dtype is not None:
         return Precision(str(dtype).removeprefix("torch."), "--dtype")
     return Precision(None, f"'{model}' is not a local folder (hub id?) and --dtype is auto")
@@ -147,14 +167,49 @@ def simulated_key(fmt: str) -> str:
     return f"perplexity_{fmt}_simulated"
 
 
-def with_quantization(folder: Path, quality: dict[str, Any]) -> dict[str, Any]:
+def with_quantization(folder: Path, quality: dict[str, Any], fp8: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """A side's manifest quality, plus ``quantization`` (format, quant_algo, which perplexity counts) when
-    ``folder`` is quantized: its quality is the simulated figure for that format, not the unquantized one."""
+    ``folder`` is quantized: its quality is the simulated figure for that format, not the unquantized one.
+
+    ``fp8``: what an hf / torch-2of4 run did with an FP8 folder (backends/fp8_linear.py's ``fp8_info``):
+    ``compute`` is then ``"fp8"`` (FP8 GEMMs ran; ``fp8_gemms`` counts them) or ``"stored"`` (the folder ran as
+    stored, ``compute_reason`` says why: its quality is then the unquantized figure, its precision the dtype)."""
     q = folder_quantization(folder)
     if q is None:
         return quality
     key = simulated_key(q["format"])
-    return {**quality, "quantization": {**q, "perplexity_key": key if key in quality else None}}
+    quant: dict[str, Any] = {**q, "perplexity_key": key if key in quality else None}
+    if fp8 is not None and q["format"] == "fp8":
+        if fp8.get("applied"):
+            quant["compute"] = "fp8"
+            quant["fp8_gemms"] = {"dense": fp8.get("fp8_dense", 0), "2of4": fp8.get("fp8_2of4", 0),
+                                  "kept": len(fp8.get("kept_quantized_as_stored") or {})}
+        else:
+            quant["compute"] = "stored"
+            quant["compute_reason"] = str(fp8.get("reason", ""))
+            quant["perplexity_key"] = None
+    return {**quality, "quantization": quant}
+
+
+def ran_as_stored(quality: Any) -> bool:
+    """Did an hf / torch-2of4 run execute an FP8 folder as stored (not in FP8)? Its precision is then its dtype."""
+    quant = quality.get("quantization") if isinstance(quality, dict) else None
+    return isinstance(quant, dict) and quant.get("compute") == "stored"
+
+
+def hf_run_note(backend: str, dtype: str | None, quant: Mapping[str, Any]) -> str | None:
+    """What an hf / torch-2of4 run computed with a quantized folder, for the precision column (None: other
+    backends). FP8 GEMMs when they ran; else the stored weights, and why."""
+    if backend not in HF_BACKENDS:
+        return None
+    if quant.get("compute") == "fp8":
+        n = quant.get("fp8_gemms") or {}
+        kept = f", {n['kept']} kept as stored" if n.get("kept") else ""
+        return (f"quantization.json; {backend} ran FP8 GEMMs: {n.get('dense', 0)} dense, {n.get('2of4', 0)} 2:4"
+                f"{kept}; KV cache not quantized")
+    if quant.get("compute") == "stored":
+        return f"FP8 quantization.json not applied: {quant.get('compute_reason') or 'fp8=off'}"
+    return f"quantization.json; {backend} ran {dtype or 'unquantized'} weights"
 
 
 @dataclass(frozen=True)
@@ -168,8 +223,8 @@ def side_perplexity(quality: dict[str, Any], precision_key: str | None, perplexi
     """The perplexity that stands for a side: for a quantized side (quality.quantization, or a quant_algo
     precision) the simulated figure of its format, else an explicit fallback to the unquantized one."""
     quant = quality.get("quantization") if isinstance(quality, dict) else None
-    fmt = quant.get("format") if isinstance(quant, dict) else None
-    if fmt is None and precision_key:
+    fmt = quant.get("format") if isinstance(quant, dict) and not ran_as_stored(quality) else None
+    if fmt is None and precision_key and not ran_as_stored(quality):
         fmt = _format_of(precision_key)
     if fmt is None:
         return SidePerplexity(perplexity_of(quality), "")

@@ -22,7 +22,7 @@ from sparse_trt.core.deps import require
 
 from .conditions import describe as describe_conditions
 from .errors import ResultsError
-from .precision import HF_BACKENDS, SidePerplexity, side_perplexity
+from .precision import SidePerplexity, hf_run_note, ran_as_stored, side_perplexity
 from .results import Comparison, GemmResult, PairedRatio, PointResult, ResultsFile, RunResult
 
 log = logging.getLogger(__name__)
@@ -94,24 +94,24 @@ def precision_key(run: RunResult) -> str:
     if p:
         return str(p)
     quant = run.quality.get("quantization") if isinstance(run.quality, dict) else None
-    if isinstance(quant, dict) and quant.get("quant_algo"):
+    if isinstance(quant, dict) and quant.get("quant_algo") and not ran_as_stored(run.quality):
         return str(quant["quant_algo"])
     return str(run.dtype or "?")
 
 
 def precision_of(run: RunResult) -> str:
-    """The precision for people: :func:`precision_key`, saying when the backend ran a quantized folder's
-    weights unquantized (hf, torch-2of4: the quality is simulated, the timing is not)."""
+    """The precision for people: :func:`precision_key`, saying what hf / torch-2of4 computed with a quantized
+    folder (FP8 GEMMs, or the stored weights and why; INT8-SQ: the weights ran unquantized, the quality is
+    simulated, the timing is not)."""
     key = precision_key(run)
     quant = run.quality.get("quantization") if isinstance(run.quality, dict) else None
     if not isinstance(quant, dict):
         return key
-    kept = quant.get("excluded") or []
+    kept = [] if ran_as_stored(run.quality) else quant.get("excluded") or []
     if kept:  # quantize --exclude: these GEMMs run in 16-bit
         key += f", {len(kept)} linears kept unquantized (--exclude)"
-    if run.build_report is None and run.backend in HF_BACKENDS:
-        return f"{key} (quantization.json; {run.backend} ran {run.dtype or 'unquantized'} weights)"
-    return key
+    note = hf_run_note(run.backend, run.dtype, quant) if run.build_report is None else None
+    return f"{key} ({note})" if note else key
 
 
 def run_perplexity(run: RunResult) -> SidePerplexity:

@@ -2,6 +2,12 @@
 
 The dense baseline everywhere. Run on a pruned model it demonstrates that zeros alone speed nothing
 up: the same dense kernels multiply the zeros like any other value, so it reports no sparse kernels.
+
+A folder quantized with ``sparse-trt quantize --format fp8`` runs its listed linears as FP8 GEMMs
+(torch._scaled_mm, static per-tensor scales from quantization.json: fp8_linear.py) where torch can run
+them on the device (CPU included): ``--opt fp8=auto`` (default; else the folder runs as stored and
+info()["fp8"] says why), ``fp8=on`` (refuse when it cannot), ``fp8=off`` (as stored). ``fp8_rtol=``:
+tolerance of the check of every FP8 linear against the simulated reference before timing (default 0.02).
 """
 
 from __future__ import annotations
@@ -9,6 +15,7 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +32,21 @@ from ..workload import Limits
 from .base import Backend, GenerationRequest, SequenceTiming
 
 log = logging.getLogger(__name__)
+
+#: rows of random input in the check of each FP8 linear against the simulated reference
+FP8_CHECK_ROWS = 16
+
+
+@dataclass(frozen=True)
+class HFOptions:
+    fp8: str = "auto"  # auto | on | off: run an FP8-quantized folder's linears as FP8 GEMMs
+    fp8_rtol: float = 0.02  # FP8-vs-simulated relative tolerance of the check before timing
+
+    def __post_init__(self) -> None:
+        if self.fp8 not in ("auto", "on", "off"):
+            raise ValueError("fp8 must be one of auto, on, off")
+        if not self.fp8_rtol > 0:
+            raise ValueError("fp8_rtol must be > 0")
 
 
 def looks_like_engine_dir(path: Path) -> bool:
@@ -47,6 +69,9 @@ class HFBackend(Backend):
     name = "hf"
     thread_safe = True
     model_kind = "Hugging Face model folder, hub id, .gguf file or built-in name"
+    Options = HFOptions
+    #: FP8 folders: try FP8 2:4 GEMMs (cuSPARSELt) for 2:4 linears (torch-2of4), else dense FP8 only
+    fp8_sparse = False
 
     def __init__(self, spec) -> None:
         super().__init__(spec)
@@ -63,6 +88,8 @@ class HFBackend(Backend):
         self._config = None
         self._logits_kw: dict[str, int] = {}
         self._cache_kw = "past_key_values"
+        self._fp8 = None  # fp8_linear.Fp8Decision, set by load()
+        self._fp8_done = None  # fp8_linear.Fp8Applied when FP8 linears replaced the quantized ones
 
     # -- limits / loading ---------------------------------------------------------------------------
     def _cfg(self):
@@ -83,6 +110,7 @@ class HFBackend(Backend):
         self.loaded = load_model(self.spec.model, dtype=self.spec.dtype, trust_remote_code=self.spec.trust_remote_code,
                                  with_tokenizer=False)
         self.loaded.model.to(self.spec.device)
+        self._load_fp8(sparse=self.fp8_sparse)
         params = inspect.signature(self.loaded.model.forward).parameters
         if "logits_to_keep" in params:
             self._logits_kw = {"logits_to_keep": 1}
@@ -90,6 +118,30 @@ class HFBackend(Backend):
             self._logits_kw = {"num_logits_to_keep": 1}
         # transformers 5.x renamed past_key_values -> cache (input and output); 4.x uses past_key_values
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
+
+    def _load_fp8(self, sparse: bool) -> None:
+        """Decide ``--opt fp8`` and, when it applies, replace the quantized linears by FP8 ones (checked)."""
+        from .fp8_linear import apply_fp8, decide_fp8
+
+        self._fp8 = decide_fp8(self.opts.fp8, self.spec.model, self.spec.device, self.name, sparse)
+        if self._fp8.apply:
+            self._fp8_done = apply_fp8(self.loaded.model, self.loaded.adapter, self._fp8, rtol=self.opts.fp8_rtol,
+                                       rows=getattr(self.opts, "check_tokens", FP8_CHECK_ROWS), want_sparse=sparse)
+            d = self._fp8_done
+            log.info("%s: %d linears FP8 dense, %d FP8 2:4, %d quantized kept as stored (max rel. error %.2g)",
+                     self.name, len(d.dense), len(d.sparse), len(d.kept), d.max_rel_err)
+        elif self._fp8.spec is not None:
+            log.info("%s: %s", self.name, self._fp8.reason)
+
+    def fp8_info(self) -> dict[str, Any] | None:
+        """What ran of the folder's FP8 quantization (None before load)."""
+        from .fp8_linear import fp8_info
+
+        return None if self._fp8 is None else fp8_info(self._fp8, self._fp8_done)
+
+    def info(self) -> dict[str, Any]:
+        f = self.fp8_info()
+        return {} if f is None else {"fp8": f}
 
     @property
     def model(self) -> torch.nn.Module:
@@ -153,7 +205,8 @@ class HFBackend(Backend):
         from ..precision import with_quantization  # a quantized folder: its quality is the simulated figure
 
         m = self._manifest()
-        q = with_quantization(Path(self.spec.model).expanduser(), dict(m.quality) if m is not None else {})
+        q = with_quantization(Path(self.spec.model).expanduser(), dict(m.quality) if m is not None else {},
+                              self.fp8_info())
         return (m.pattern if m is not None else None), q
 
     def sparse_kernels(self) -> SparseKernels:
@@ -164,8 +217,19 @@ class HFBackend(Backend):
             kind="none: dense PyTorch kernels (zero weights are multiplied like any other value)",
             eligible_layers=eligible,
             sparse_layers=0,
-            detail="hf backend never uses sparse kernels; a pruned model here shows what zeros alone buy: nothing",
+            detail="hf backend never uses sparse kernels; a pruned model here shows what zeros alone buy: nothing"
+            + self._fp8_detail(),
         )
+
+    def _fp8_detail(self) -> str:
+        f = self.fp8_info()
+        if f is None or f.get("format") is None:
+            return ""
+        if not f["applied"]:
+            return f"; quantization.json ({f['format']}) not applied: {f['reason']}"
+        return (f"; FP8 GEMMs: {f['fp8_dense']} linears FP8 dense, {f['fp8_2of4']} FP8 2:4, "
+                f"{len(f['kept_quantized_as_stored'])} quantized kept as stored, {f['not_quantized']} not quantized "
+                f"(checked against simulated FP8, max relative error {f['max_rel_err']:.3g}); {f['kv_cache']}")
 
     def weights_bytes(self) -> int | None:
         return weights_bytes(self.model) if self.loaded is not None else None

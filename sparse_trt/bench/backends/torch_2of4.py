@@ -8,7 +8,16 @@ default), else CUTLASS on sm8x. Before anything is timed, each converted linear'
 random inputs; a mismatch beyond tolerance stops the run (CorrectnessError).
 
 Options (``--opt KEY=VALUE``): ``kernel=auto|cusparselt|cutlass``, ``rtol=`` (default 0.02, relative
-to the reference output's max magnitude), ``check_tokens=`` (rows of the check input, default 64).
+to the reference output's max magnitude), ``check_tokens=`` (rows of the check input, default 64),
+``fp8=auto|on|off`` and ``fp8_rtol=`` (default 0.02).
+
+FP8 folders (``sparse-trt quantize --format fp8``): with ``fp8=auto`` (default) or ``on``, where torch's
+cuSPARSELt runs FP8 (fp8_probe: sm89+/sm90, cuSPARSELt 0.6.2+), every quantized 2:4 linear of a shape
+cuSPARSELt takes becomes an FP8 2:4 GEMM and every other quantized linear a dense FP8 GEMM
+(torch._scaled_mm), both with the folder's static scales (fp8_linear.py), each checked against the
+simulated FP8 reference before timing; linears the folder keeps unquantized take the 16-bit 2:4 path
+below. Where FP8 2:4 cannot run, ``auto`` runs the folder as stored (recorded in info()["fp8"]) and
+``on`` refuses; ``off`` always runs it as stored.
 """
 
 from __future__ import annotations
@@ -113,10 +122,16 @@ class Torch2of4Options:
     kernel: str = "auto"  # auto (per GPU), cusparselt or cutlass
     rtol: float = 0.02  # sparse-vs-masked-dense relative tolerance of the check before timing
     check_tokens: int = 64  # rows of random activations in that check
+    fp8: str = "auto"  # auto | on | off: run an FP8-quantized folder's linears as FP8 (2:4 and dense) GEMMs
+    fp8_rtol: float = 0.02  # FP8-vs-simulated relative tolerance of the check before timing
 
     def __post_init__(self) -> None:
         if self.kernel not in KERNELS:
             raise ValueError(f"kernel must be one of {', '.join(KERNELS)}")
+        if self.fp8 not in ("auto", "on", "off"):
+            raise ValueError("fp8 must be one of auto, on, off")
+        if not self.fp8_rtol > 0:
+            raise ValueError("fp8_rtol must be > 0")
         if not self.rtol > 0 or self.check_tokens < 1:
             raise ValueError("rtol must be > 0 and check_tokens >= 1")
 
@@ -124,6 +139,7 @@ class Torch2of4Options:
 class Torch2of4Backend(HFBackend):
     name = "torch-2of4"
     Options = Torch2of4Options
+    fp8_sparse = True
 
     def __init__(self, spec) -> None:
         check_cuda_2of4(spec.device)
@@ -148,8 +164,9 @@ class Torch2of4Backend(HFBackend):
 
         rtol, rows = self.opts.rtol, self.opts.check_tokens
         g = torch.Generator(device=self.spec.device).manual_seed(0)
-        targets = all_targets(self.model, self.loaded.adapter)
-        self._eligible = len(targets)
+        targets = all_targets(self.model, self.loaded.adapter)  # linears FP8 replaced are no longer nn.Linear
+        fp8 = self._fp8_done
+        self._eligible = len(targets) + (len(fp8.replaced) if fp8 is not None else 0)
         for t in targets:
             if t.in_dim != 1:
                 self._kept_dense[t.name] = "Conv1D weight layout ([in, out]) is not converted"
@@ -178,7 +195,7 @@ class Torch2of4Backend(HFBackend):
                 )
             t.module.weight = nn.Parameter(sparse_w, requires_grad=False)
             self._converted.append(t.name)
-        if not self._converted:
+        if not self._converted and not (fp8 is not None and fp8.sparse):
             raise InputError(
                 f"no linear of '{self.spec.model}' could use 2:4 kernels ({len(self._kept_dense)} kept dense; "
                 f"first reason: {next(iter(self._kept_dense.values()), 'no targets')})",
@@ -188,20 +205,26 @@ class Torch2of4Backend(HFBackend):
                  len(self._converted), self._eligible, self._kind, self._max_rel_err)
 
     def sparse_kernels(self) -> SparseKernels:
+        fp8 = self._fp8_done
+        n_fp8 = len(fp8.sparse) if fp8 is not None else 0
+        kind = f"torch semi-structured ({self._kind})"
+        if n_fp8:
+            kind = f"cuSPARSELt FP8 2:4 ({n_fp8} linears)" + (f" + {kind} ({len(self._converted)} linears)"
+                                                                 if self._converted else "")
         return SparseKernels(
-            active=bool(self._converted),
-            kind=f"torch semi-structured ({self._kind})",
+            active=bool(self._converted) or n_fp8 > 0,
+            kind=kind,
             eligible_layers=self._eligible,
-            sparse_layers=len(self._converted),
+            sparse_layers=len(self._converted) + n_fp8,
             detail=f"{len(self._kept_dense)} linears kept dense; outputs checked against masked-dense "
-            f"(max relative error {self._max_rel_err:.3g})",
+            f"(max relative error {self._max_rel_err:.3g})" + self._fp8_detail(),
         )
 
     def info(self) -> dict[str, Any]:
         cc = torch.cuda.get_device_capability(self.spec.device) if self.spec.device.type == "cuda" else None
         return {"kernel": self._kind, "kernel_reason": self._kind_reason,
                 "compute_capability": f"{cc[0]}.{cc[1]}" if cc else None,
-                "kept_dense": dict(self._kept_dense), "max_rel_err": self._max_rel_err}
+                "kept_dense": dict(self._kept_dense), "max_rel_err": self._max_rel_err, **super().info()}
 
 
 # --- FP8 (E4M3) 2:4 GEMMs: cuSPARSELt only ------------------------------------------------------------------------
