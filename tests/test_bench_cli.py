@@ -217,7 +217,8 @@ def test_compare_mixed_precision_on_request_is_recorded_and_reported(tmp_path, q
     from sparse_trt.bench.report import human_number
 
     assert "**Not like with like (compared on request with --allow-mixed-precision)" in md
-    assert "FP8 (quantization.json; hf ran float32 weights)" in md
+    # hf ran the FP8 folder's 14 linears as FP8 GEMMs (torch._scaled_mm has a CPU kernel; --opt fp8=auto)
+    assert "FP8 (quantization.json; hf ran FP8 GEMMs: 14 dense, 0 2:4; KV cache not quantized)" in md
     assert (f"{human_number(plain.perplexity, 4)} (unquantized) — no simulated fp8 perplexity recorded "
             "(perplexity_fp8_simulated): the figure shown is the unquantized model's") in md
 

@@ -155,28 +155,42 @@ class Fp8Decision:
     alpha_mode: str | None = None  # cuSPARSELt alpha for FP8 2:4 (torch-2of4), None for dense only
 
 
-def decide_fp8(mode: str, model: str, device: torch.device, backend: str, sparse: bool) -> Fp8Decision:
-    """Resolve ``--opt fp8=`` for a run: ``on`` refuses what cannot run (naming the reason and the fix),
-    ``auto`` records the reason and runs the folder as stored, ``off`` runs it as stored."""
+def _fix_off(backend: str) -> str:
+    return f"drop --opt fp8=on (or pass fp8=off) to run the folder's weights as stored on {backend}"
+
+
+def fp8_folder(mode: str, model: str, backend: str) -> tuple[QuantSpec | None, str | None]:
+    """(the folder's quantization, why it will not run in FP8 or None): files only, so backends call it in
+    ``__init__``. With ``mode == "on"`` a folder that is not FP8-quantized is refused."""
     check_fp8_mode(mode)
     folder = Path(model).expanduser()
     spec = load_quant_spec(folder) if folder.is_dir() else None
-    fix_off = f"drop --opt fp8=on (or pass fp8=off) to run the folder's weights as stored on {backend}"
     if mode == "off":
-        return Fp8Decision(mode, spec, False, "--opt fp8=off: quantization.json not applied, weights run as stored")
+        return spec, "--opt fp8=off: quantization.json not applied, weights run as stored"
     if spec is None:
         if mode == "on":
             raise InputError(f"--opt fp8=on but '{model}' has no {QUANT_NAME}: it is not FP8-quantized",
-                             fix=f"quantize it first (`sparse-trt quantize MODEL -o OUT --format fp8`), or {fix_off}")
-        return Fp8Decision(mode, None, False, f"not quantized (no {QUANT_NAME})")
+                             fix=f"quantize it first (`sparse-trt quantize MODEL -o OUT --format fp8`), or "
+                             f"{_fix_off(backend)}")
+        return None, f"not quantized (no {QUANT_NAME})"
     if spec.format != "fp8":
         why = (f"'{model}' is quantized as {spec.format} ({spec.quant_algo}); {backend} runs only FP8 folders "
                "in FP8, other formats as stored (weights unquantized)")
         if mode == "on":
             raise InputError(f"--opt fp8=on: {why}",
-                             fix=f"quantize with --format fp8 for FP8 GEMMs, or {fix_off}; for INT8 GEMMs build an "
-                             "engine (export trtllm + build) and bench it with --backend trtllm")
-        return Fp8Decision(mode, spec, False, why)
+                             fix=f"quantize with --format fp8 for FP8 GEMMs, or {_fix_off(backend)}; for INT8 GEMMs "
+                             "build an engine (export trtllm + build) and bench it with --backend trtllm")
+        return spec, why
+    return spec, None
+
+
+def decide_fp8(mode: str, model: str, device: torch.device, backend: str, sparse: bool) -> Fp8Decision:
+    """Resolve ``--opt fp8=`` for a run: ``on`` refuses what cannot run (naming the reason and the fix),
+    ``auto`` records the reason and runs the folder as stored, ``off`` runs it as stored."""
+    spec, why = fp8_folder(mode, model, backend)
+    if spec is None or why is not None:
+        return Fp8Decision(mode, spec, False, str(why))
+    fix_off = _fix_off(backend)
     why = dense_fp8_reason(device)
     alpha = None
     if why is None and sparse:

@@ -88,6 +88,10 @@ class HFBackend(Backend):
         self._config = None
         self._logits_kw: dict[str, int] = {}
         self._cache_kw = "past_key_values"
+        if self.opts.fp8 == "on":  # refuse a folder that is not FP8-quantized before anything loads
+            from .fp8_linear import fp8_folder
+
+            fp8_folder(self.opts.fp8, spec.model, self.name)
         self._fp8 = None  # fp8_linear.Fp8Decision, set by load()
         self._fp8_done = None  # fp8_linear.Fp8Applied when FP8 linears replaced the quantized ones
 
