@@ -241,7 +241,11 @@ def test_torch_2of4_fp8_on_cuda(folders):
     print(f"torch-2of4 fp8 on {torch.cuda.get_device_name(dev)}: {info}")
     assert info["applied"] and info["fp8_2of4"] == 13 and info["fp8_dense"] == 0 and info["max_rel_err"] < 0.02
     sk = b.sparse_kernels()
-    assert sk.active and sk.sparse_layers == 14 and "cuSPARSELt FP8 2:4 (13 linears)" in sk.kind  # + excluded, 16-bit
+    assert sk.active and "cuSPARSELt FP8 2:4 (13 linears)" in sk.kind and sk.eligible_layers == 14
+    assert sk.sparse_layers == 13 + len(b._converted)  # the excluded 2:4 linear: 16-bit 2:4 kernels, or kept dense
+    assert set(b._converted) | set(b._kept_dense) == {EXCLUDED}
+    assert all(isinstance(b.model.get_submodule(n), Fp8Linear) and b.model.get_submodule(n).sparse
+               for n in (lq.name for lq in load_quant_spec(folders["fp8"]).linears))
     for bs, n_in in ((1, 8), (3, 20)):  # decode rows padded to cuSPARSELt's minimum
         t = b.generate(GenerationRequest([[5] * n_in] * bs, 4))
         assert len(t) == bs and t[0].output_tokens == 4

@@ -88,10 +88,10 @@ class HFBackend(Backend):
         self._config = None
         self._logits_kw: dict[str, int] = {}
         self._cache_kw = "past_key_values"
-        if self.opts.fp8 == "on":  # refuse a folder that is not FP8-quantized before anything loads
+        if getattr(self.opts, "fp8", "off") == "on":  # refuse a folder that is not FP8-quantized before loading
             from .fp8_linear import fp8_folder
 
-            fp8_folder(self.opts.fp8, spec.model, self.name)
+            fp8_folder("on", spec.model, self.name)
         self._fp8 = None  # fp8_linear.Fp8Decision, set by load()
         self._fp8_done = None  # fp8_linear.Fp8Applied when FP8 linears replaced the quantized ones
 
@@ -127,9 +127,10 @@ class HFBackend(Backend):
         """Decide ``--opt fp8`` and, when it applies, replace the quantized linears by FP8 ones (checked)."""
         from .fp8_linear import apply_fp8, decide_fp8
 
-        self._fp8 = decide_fp8(self.opts.fp8, self.spec.model, self.spec.device, self.name, sparse)
+        self._fp8 = decide_fp8(getattr(self.opts, "fp8", "off"), self.spec.model, self.spec.device, self.name, sparse)
         if self._fp8.apply:
-            self._fp8_done = apply_fp8(self.loaded.model, self.loaded.adapter, self._fp8, rtol=self.opts.fp8_rtol,
+            self._fp8_done = apply_fp8(self.loaded.model, self.loaded.adapter, self._fp8,
+                                       rtol=getattr(self.opts, "fp8_rtol", 0.02),
                                        rows=getattr(self.opts, "check_tokens", FP8_CHECK_ROWS), want_sparse=sparse)
             d = self._fp8_done
             log.info("%s: %d linears FP8 dense, %d FP8 2:4, %d quantized kept as stored (max rel. error %.2g)",
