@@ -43,9 +43,8 @@ EXCLUDED = "model.layers.1.mlp.down_proj"
 
 
 @pytest.fixture(scope="module")
-def folders(tmp_path_factory, tiny_dirs):
-    """A dense tiny LLaMA; the same model magnitude-2:4-pruned, FP8-quantized (one down_proj excluded) and
-    INT8-SQ-quantized."""
+def fp8_folders(tmp_path_factory):
+    """The tiny LLaMA magnitude-2:4-pruned, and FP8-quantized (one down_proj excluded): all the gpu test needs."""
     import tiny
     from test_export_support import pruned_tiny
 
@@ -60,9 +59,19 @@ def folders(tmp_path_factory, tiny_dirs):
     src = parse_source(str(calib))
     fp8 = quantize_model(str(pruned), root / "fp8", QuantizeOptions(parse_format("fp8"), None, src, nsamples=4, seqlen=32,
                                                                      exclude=(f"*{EXCLUDED}",)), device=CPU).out
-    int8 = quantize_model(str(pruned), root / "int8", QuantizeOptions(parse_format("int8-sq"), None, src, nsamples=4,
-                                                                      seqlen=32), device=CPU).out
-    return {"dense": tiny_dirs("llama"), "pruned": pruned, "fp8": fp8, "int8": int8}
+    return {"pruned": pruned, "fp8": fp8, "calib": src, "root": root}
+
+
+@pytest.fixture(scope="module")
+def folders(fp8_folders, tiny_dirs):
+    """Those, the dense tiny LLaMA, and the pruned one INT8-SQ-quantized."""
+    from sparse_trt.quantize.api import QuantizeOptions, quantize_model
+    from sparse_trt.quantize.formats import parse_format
+
+    f = fp8_folders
+    int8 = quantize_model(str(f["pruned"]), f["root"] / "int8", QuantizeOptions(parse_format("int8-sq"), None, f["calib"],
+                                                                                nsamples=4, seqlen=32), device=CPU).out
+    return {"dense": tiny_dirs("llama"), "pruned": f["pruned"], "fp8": f["fp8"], "int8": int8}
 
 
 def _hf(folder, **opts):
@@ -127,6 +136,36 @@ def test_fp8_linear_bias_shapes_and_padding_free_dense():
     assert float(xq.float().abs().max()) == 448.0  # saturated at the static scale, as TensorRT-LLM's FP8 does
     ref = (xq.double() * 0.01) @ (sc.quantize_per_tensor(w, ws, torch.float8_e4m3fn).double() * ws.double()).t()
     assert relative_error(y.reshape(-1, 48), ref + bias.double()) < 2 ** -7
+
+
+def test_sparse_fp8_linear_pads_rows_for_cusparselt(monkeypatch):
+    """The 2:4 variant's plumbing (row padding, the [out, padded] result viewed back, bias, leading dims) on
+    torch's meta kernel of _cslt_sparse_mm; only the compression (CUDA only, no meta kernel) is stood in for by an
+    empty tensor of the packed shape. The numbers themselves are checked by the gpu test."""
+    import sparse_trt.bench.backends.fp8_linear as fl
+
+    meta = torch.device("meta")
+    seen = {}
+
+    def packed_like(w_q):
+        seen["w"] = w_q.shape
+        return torch.empty(w_q.shape[0], w_q.shape[1] // 2 + w_q.shape[1] // 8, dtype=w_q.dtype, device=meta)
+
+    real_mm = fl.fp8_sparse_mm
+
+    def spy(packed, xp, alpha, tokens):
+        seen["rows"], seen["tokens"] = xp.shape[0], tokens
+        return real_mm(packed, xp, alpha, tokens)
+
+    monkeypatch.setattr(fl, "fp8_compress", packed_like)
+    monkeypatch.setattr(fl, "fp8_sparse_mm", spy)
+    w = torch.empty(96, 128, dtype=torch.float8_e4m3fn, device=meta)
+    lin = Fp8Linear(w, torch.ones(1, device=meta), torch.ones(1, device=meta),
+                    torch.empty(96, device=meta, dtype=torch.float16), torch.float16, "vector")
+    assert lin.sparse and lin.alpha.shape == (96,) and lin.weight_q is None and "2:4" in lin.kind
+    y = lin(torch.empty(2, 3, 128, device=meta, dtype=torch.float16))
+    assert y.shape == (2, 3, 96) and y.dtype == torch.float16
+    assert seen == {"w": (96, 128), "rows": 16, "tokens": 6}  # 6 rows padded to float8's minimum of 16
 
 
 def test_check_against_the_simulated_reference_refuses_a_mismatch(folders):
@@ -228,14 +267,14 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 @pytest.mark.gpu
 @needs_cuda
-def test_torch_2of4_fp8_on_cuda(folders):
+def test_torch_2of4_fp8_on_cuda(fp8_folders):
     from sparse_trt.bench.backends.torch_2of4 import fp8_probe
 
     dev = torch.device("cuda", 0)
     mode, why = fp8_probe(dev)
     if mode is None:
         pytest.skip(f"FP8 cuSPARSELt does not run on this card/torch: {why}")
-    b = create_backend("torch-2of4", BackendSpec(str(folders["fp8"]), dev, torch.bfloat16, {"fp8": "on"}))
+    b = create_backend("torch-2of4", BackendSpec(str(fp8_folders["fp8"]), dev, torch.bfloat16, {"fp8": "on"}))
     b.load()
     info = b.info()["fp8"]
     print(f"torch-2of4 fp8 on {torch.cuda.get_device_name(dev)}: {info}")
@@ -245,7 +284,7 @@ def test_torch_2of4_fp8_on_cuda(folders):
     assert sk.sparse_layers == 13 + len(b._converted)  # the excluded 2:4 linear: 16-bit 2:4 kernels, or kept dense
     assert set(b._converted) | set(b._kept_dense) == {EXCLUDED}
     assert all(isinstance(b.model.get_submodule(n), Fp8Linear) and b.model.get_submodule(n).sparse
-               for n in (lq.name for lq in load_quant_spec(folders["fp8"]).linears))
+               for n in (lq.name for lq in load_quant_spec(fp8_folders["fp8"]).linears))
     for bs, n_in in ((1, 8), (3, 20)):  # decode rows padded to cuSPARSELt's minimum
         t = b.generate(GenerationRequest([[5] * n_in] * bs, 4))
         assert len(t) == bs and t[0].output_tokens == 4
