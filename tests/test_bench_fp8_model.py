@@ -229,6 +229,9 @@ def test_precision_follows_what_ran(folders):
     assert check_same_precision(d, off, ("d", "s"), allow_mixed=False) is None  # float32 vs float32: like with like
     with pytest.raises(MixedPrecisionError):
         check_same_precision(d, declared_precision("hf", fp8, None, {}), ("d", "s"), allow_mixed=False)
+    with pytest.raises(MixedPrecisionError, match="is float32") as e:  # FP8 dense vs the FP8 2:4 folder run as stored
+        check_same_precision(declared_precision("hf", fp8, None, {}), off, ("d", "s"), allow_mixed=False)
+    assert "drop --opt fp8=off on 's'" in e.value.fix
     # recorded: the report's precision column says what ran
     on = _run(_hf(fp8))
     assert precision_key(on) == "FP8"

@@ -30,8 +30,10 @@ from typing import Any
 
 from sparse_trt.core.errors import InputError
 
-#: backends that run a HF folder's weights as stored (a quantization.json is not applied to the timing)
+#: backends that run a HF folder in process: an FP8 quantization.json is applied as FP8 GEMMs unless --opt fp8=off
+#: (backends/fp8_linear.py); other formats run as stored
 HF_BACKENDS = ("hf", "torch-2of4")
+FP8_OFF_NOTE = "not applied (--opt fp8=off)"
 
 
 class MixedPrecisionError(InputError):
@@ -90,7 +92,7 @@ def folder_precision(folder: Path, dtype: Any, apply_fp8: bool = True) -> Precis
         return Precision(q["quant_algo"], f"{folder}/quantization.json")
     stored = stored_precision(folder, dtype)
     if q is not None:
-        return Precision(stored.key, f"{stored.source}: FP8 {folder}/quantization.json not applied (--opt fp8=off)")
+        return Precision(stored.key, f"{stored.source}: FP8 {folder}/quantization.json {FP8_OFF_NOTE}")
     return stored
 
 
@@ -129,6 +131,8 @@ def declared_precision(backend: str, model: str, dtype: Any, opts: Mapping[str, 
 def _how(dense: Precision, sparse: Precision, labels: tuple[str, str]) -> str:
     fmt = {d: _format_of(d) for d in (dense.key, sparse.key) if d}
     for side, other, label in ((dense, sparse, labels[0]), (sparse, dense, labels[1])):
+        if fmt.get(other.key) == "fp8" and FP8_OFF_NOTE in side.source:
+            return f"drop --opt fp8=off on '{label}': its folder is FP8-quantized and then runs as FP8 GEMMs"
         if fmt.get(other.key) and not fmt.get(side.key):
             return (f"make '{label}' {other.key} too: `sparse-trt quantize` its model folder with --format "
                     f"{fmt[other.key]}, then export and build it as the other side")
