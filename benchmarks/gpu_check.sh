@@ -143,7 +143,7 @@ step compare-smollm2 80 "${ST[@]}" bench compare "$SM_DENSE" "$SM_SPARSE" \
 
 # --- 4. GPU tests and the report ------------------------------------------------------------------------------
 if has pytest; then
-  step pytest-gpu 30 "$PY" -m pytest -q -rs -m gpu "$ROOT/tests/test_bench_gpu.py" "$ROOT/tests/test_gemm_fp8.py"
+  step pytest-gpu 40 "$PY" -m pytest -q -rs -m gpu "$ROOT/tests/test_bench_gpu.py" "$ROOT/tests/test_gemm_fp8.py" "$ROOT/tests/test_bench_fp8_model.py"
 else
   echo "=== pytest-gpu: skipped, pytest is missing (pip install pytest) ===" | tee -a "$OUT/steps.txt"; SKIPPED+=(pytest-gpu)
 fi
