@@ -87,7 +87,7 @@ def test_eval_reference_cli_records_kl(pruned, tiny_dirs, calib_jsonl):
 
 
 def test_parse_scores():
-    res = {"t": {"alias": "t", "acc,none": 0.5, "acc_stderr,none": 0.1, "acc_norm,none": 0.75, "acc_norm_stderr,none": "N/A"}}
+    res = {"t": {"alias": "t", "sample_len": 500, "acc,none": 0.5, "acc_stderr,none": 0.1, "acc_norm,none": 0.75, "acc_norm_stderr,none": "N/A"}}
     scores = parse_scores(res)
     assert [(s.task, s.metric, s.value, s.stderr) for s in scores] == [("t", "acc", 0.5, 0.1), ("t", "acc_norm", 0.75, None)]
 

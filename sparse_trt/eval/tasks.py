@@ -46,8 +46,9 @@ def parse_scores(results: dict) -> tuple[TaskScore, ...]:
     out = []
     for task, metrics in sorted(results.items()):
         for key, value in sorted(metrics.items()):
-            name, _, _filt = key.partition(",")
-            if name == "alias" or name.endswith("_stderr") or not isinstance(value, (int, float)):
+            name, comma, _filt = key.partition(",")
+            # metrics are "metric,filter" keys; others ("alias", lm-eval 0.4.13's "sample_len") are not scores
+            if not comma or name.endswith("_stderr") or not isinstance(value, (int, float)):
                 continue
             err = metrics.get(key.replace(name, f"{name}_stderr", 1))
             err = float(err) if isinstance(err, (int, float)) and math.isfinite(err) else None
