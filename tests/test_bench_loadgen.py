@@ -76,12 +76,13 @@ def test_closed_loop_no_waves_exact_accounting():
 
 def test_duration_window_and_validation():
     rec = Recorder(lambda i: 0.01)
-    with LoadGenerator(LoadSpec(concurrency=2, duration_s=0.15, warmup=0)) as gen:
+    with LoadGenerator(LoadSpec(concurrency=2, duration_s=0.3, warmup=0)) as gen:
         t0 = time.perf_counter()
         win = gen.measure(rec)
     starts = [r.sent for r in win.records]
-    assert len(win.records) >= 6
-    assert max(starts) <= t0 + 0.15 + 0.05  # nothing is started after the window closes (scheduling slack)
+    # ~60 requests fit; the bounds are loose so that a loaded machine (threads descheduled) still passes
+    assert len(win.records) >= 4 and {r.worker for r in win.records} == {0, 1}
+    assert max(starts) <= t0 + 0.3 + 0.1  # nothing is started after the window closes (scheduling slack)
     for bad in (dict(concurrency=0), dict(requests=0), dict(duration_s=-1), dict(requests=3, duration_s=1.0),
                 dict(warmup=-1), dict(request_rate=0.0), dict(request_rate=math.inf)):
         with pytest.raises(InputError):
