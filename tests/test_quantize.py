@@ -395,3 +395,21 @@ def test_exclude_bad_patterns_are_refused_before_calibration(env, tmp_path):
                                                       "model.layers.1.self_attn.o_proj", "model.layers.1.mlp.down_proj"]
     h = runner.invoke(app, ["quantize", "--help"], terminal_width=200)
     assert "--exclude" in h.output and "lm_head" in h.output
+
+
+def test_source_without_architectures_takes_the_model_class(env, tmp_path):
+    """A .gguf source (transformers builds its config without ``architectures``) or a config.json without
+    the field: the family comes from the loaded model's class, as save_pretrained would record it."""
+    import shutil
+
+    pruned, calib, _root = env
+    bare = tmp_path / "bare"
+    shutil.copytree(pruned, bare)
+    cfg = json.loads((bare / "config.json").read_text())
+    cfg.pop("architectures", None)
+    (bare / "config.json").write_text(json.dumps(cfg))
+    q = quantize_model(str(bare), tmp_path / "q", _opts(calib), device=CPU)
+    assert (q.out / "quantization.json").is_file()
+    export_trtllm(q.out, tmp_path / "ckpt", dtype=torch.float16)  # the exporter matches it by model_type
+    cfg = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    assert cfg["architecture"] == "LlamaForCausalLM" and cfg["quantization"]["quant_algo"] == "FP8"

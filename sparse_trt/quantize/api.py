@@ -225,6 +225,8 @@ def quantize_model(
             raise InputError(f"-o '{out}' is the input folder", fix="write the quantized folder elsewhere")
     loaded = load_model(model, dtype=dtype, trust_remote_code=trust_remote_code)
     hf_config = loaded.model.config.to_dict()
+    if not hf_config.get("architectures"):  # a .gguf (or a config.json without it): the class save_pretrained records
+        hf_config["architectures"] = [type(loaded.model).__name__]
     family = export_family(hf_config, source.display, opts.fmt)
     adapter = loaded.adapter
     layers = adapter.layers(loaded.model)

@@ -447,6 +447,17 @@ def supported_architectures() -> list[str]:
     return [a for f in FAMILIES for a in f.architectures]
 
 
+def with_architecture(hf: dict[str, Any]) -> dict[str, Any]:
+    """``hf`` itself, or, when its ``architectures`` is missing (a config.json written by hand or by a converter),
+    a copy naming the architecture of its ``model_type`` (each family lists them in the same order)."""
+    if hf.get("architectures"):
+        return hf
+    for f in FAMILIES:
+        if hf.get("model_type") in f.model_types and len(f.model_types) == len(f.architectures):
+            return {**hf, "architectures": [f.architectures[f.model_types.index(hf["model_type"])]]}
+    return hf
+
+
 def family_for(hf: dict[str, Any], source: str) -> Family:
     arch = (hf.get("architectures") or ["?"])[0]
     model_type = hf.get("model_type", "?")

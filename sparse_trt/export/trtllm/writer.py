@@ -26,7 +26,7 @@ from sparse_trt.core.patterns import NM, Pattern, nm_violations, parse_pattern
 from sparse_trt.models.safetensors_io import WeightIndex
 
 from .errors import NotPrunedError, PatternBrokenError
-from .families import Converted, Family, family_for
+from .families import Converted, Family, family_for, with_architecture
 from .quantized import QUANT_FILES, float_view, prepare_quantized
 from .sharding import Mapping, Segment, check_parallelism, shard
 from .streamed import convert_part, write_rank_streamed
@@ -173,7 +173,7 @@ def export_trtllm(
     model_dir = Path(model_dir)
     out = Path(out)
     check_output_dir(out, overwrite, "checkpoint directory")
-    hf = _read_config(model_dir)
+    hf = with_architecture(_read_config(model_dir))
     family: Family = family_for(hf, str(model_dir))
     manifest, patterns, in_dims = load_patterns(model_dir, allow_dense)
     if manifest is not None and isinstance(manifest.parsed_pattern, NM) and not any(isinstance(p, NM) for p in patterns.values()):
