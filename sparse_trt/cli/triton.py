@@ -145,6 +145,7 @@ def serve_cmd(
         raise _Term()
 
     old = signal.signal(signal.SIGTERM, on_term)
+    old_int = signal.getsignal(signal.SIGINT)
     try:
         with console.status("starting tritonserver (loading models)..."):
             srv.start(timeout_s=startup_timeout)
@@ -169,6 +170,7 @@ def serve_cmd(
         console.print(f"tritonserver stopped (exit code {code})")
     finally:
         signal.signal(signal.SIGTERM, old)
+        signal.signal(signal.SIGINT, old_int)  # ignored only while draining
         srv.stop()
 
 @app.command("generate")
