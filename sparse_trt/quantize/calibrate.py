@@ -55,8 +55,8 @@ def _register_mask(inner: str) -> None:
         from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
     except ImportError:  # older transformers build masks inside the models
         return
-    mapping = AttentionMaskInterface._global_mapping
-    if inner in mapping:
+    mapping = getattr(AttentionMaskInterface, "_global_mapping", None) or {}
+    if inner in mapping and inner in ALL_MASK_ATTENTION_FUNCTIONS:
         AttentionMaskInterface.register(_KV_IMPL, ALL_MASK_ATTENTION_FUNCTIONS[inner])
 
 
