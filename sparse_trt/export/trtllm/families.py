@@ -98,6 +98,23 @@ def _common(hf: dict[str, Any], dtype: str, **kw: Any) -> dict[str, Any]:
     return cfg
 
 
+def _gated_decoder_linears(p: str, get: Getter, find: Finder, attn_bias: bool) -> dict[str, Linear]:
+    """The five linears of a LLaMA-style decoder layer (HF ``self_attn.{q,k,v,o}_proj``, ``mlp.{gate,up,down}_proj``
+    under prefix ``p``) in TensorRT-LLM naming; biases where the checkpoint has them."""
+    q, k, v = (p + f"self_attn.{x}_proj" for x in "qkv")
+    return {
+        "attention.qkv": Linear(
+            "qkv", (q, k, v), parts=(get(q + ".weight"), get(k + ".weight"), get(v + ".weight")),
+            bias_parts=(get(q + ".bias"), get(k + ".bias"), get(v + ".bias")) if attn_bias else None,
+        ),
+        "attention.dense": Linear("row", (p + "self_attn.o_proj",), get(p + "self_attn.o_proj.weight"),
+                                  find(p + "self_attn.o_proj.bias")),
+        "mlp.fc": Linear("col", (p + "mlp.gate_proj",), get(p + "mlp.gate_proj.weight"), find(p + "mlp.gate_proj.bias")),
+        "mlp.gate": Linear("col", (p + "mlp.up_proj",), get(p + "mlp.up_proj.weight"), find(p + "mlp.up_proj.bias")),
+        "mlp.proj": Linear("row", (p + "mlp.down_proj",), get(p + "mlp.down_proj.weight"), find(p + "mlp.down_proj.bias")),
+    }
+
+
 def _llama_like(hf: dict[str, Any], get: Getter, find: Finder, dtype: str) -> Converted:
     nh = int(hf["num_attention_heads"])
     nkv = int(hf.get("num_key_value_heads") or nh)
@@ -137,17 +154,8 @@ def _llama_like(hf: dict[str, Any], get: Getter, find: Finder, dtype: str) -> Co
     layers = []
     for i in range(n_layers):
         p = f"model.layers.{i}."
-        q, k, v = (p + f"self_attn.{x}_proj" for x in "qkv")
         layer: dict[str, Linear | torch.Tensor] = {
-            "attention.qkv": Linear(
-                "qkv", (q, k, v), parts=(get(q + ".weight"), get(k + ".weight"), get(v + ".weight")),
-                bias_parts=(get(q + ".bias"), get(k + ".bias"), get(v + ".bias")) if attn_bias else None,
-            ),
-            "attention.dense": Linear("row", (p + "self_attn.o_proj",), get(p + "self_attn.o_proj.weight"),
-                                      find(p + "self_attn.o_proj.bias")),
-            "mlp.fc": Linear("col", (p + "mlp.gate_proj",), get(p + "mlp.gate_proj.weight"), find(p + "mlp.gate_proj.bias")),
-            "mlp.gate": Linear("col", (p + "mlp.up_proj",), get(p + "mlp.up_proj.weight"), find(p + "mlp.up_proj.bias")),
-            "mlp.proj": Linear("row", (p + "mlp.down_proj",), get(p + "mlp.down_proj.weight"), find(p + "mlp.down_proj.bias")),
+            **_gated_decoder_linears(p, get, find, attn_bias),
             "input_layernorm.weight": get(p + "input_layernorm.weight"),
             "post_layernorm.weight": get(p + "post_attention_layernorm.weight"),
         }
@@ -403,17 +411,8 @@ def _gemma3(hf: dict[str, Any], get: Getter, find: Finder, dtype: str) -> Conver
     layers = []
     for i in range(n_layers):
         p = f"model.layers.{i}."
-        q, k, v = (p + f"self_attn.{x}_proj" for x in "qkv")
         layer: dict[str, Linear | torch.Tensor] = {
-            "attention.qkv": Linear(
-                "qkv", (q, k, v), parts=(get(q + ".weight"), get(k + ".weight"), get(v + ".weight")),
-                bias_parts=(get(q + ".bias"), get(k + ".bias"), get(v + ".bias")) if attn_bias else None,
-            ),
-            "attention.dense": Linear("row", (p + "self_attn.o_proj",), get(p + "self_attn.o_proj.weight"),
-                                      find(p + "self_attn.o_proj.bias")),
-            "mlp.fc": Linear("col", (p + "mlp.gate_proj",), get(p + "mlp.gate_proj.weight")),
-            "mlp.gate": Linear("col", (p + "mlp.up_proj",), get(p + "mlp.up_proj.weight")),
-            "mlp.proj": Linear("row", (p + "mlp.down_proj",), get(p + "mlp.down_proj.weight")),
+            **_gated_decoder_linears(p, get, find, attn_bias),
             "input_layernorm.weight": _plus_one(get(p + "input_layernorm.weight")),
             "post_layernorm.weight": _plus_one(get(p + "post_attention_layernorm.weight")),
             "pre_feedforward_layernorm.weight": _plus_one(get(p + "pre_feedforward_layernorm.weight")),
