@@ -97,4 +97,12 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    from sparse_trt.core.errors import SparseTrtError
+
+    try:
+        main()
+    except SparseTrtError as e:  # a refused input is a message, not a traceback
+        print(f"error: {e.message}" + (f"\nfix: {e.fix}" if e.fix else ""), file=sys.stderr)
+        sys.exit(e.exit_code)
